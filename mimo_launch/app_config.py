@@ -1,0 +1,172 @@
+"""From command-line overrides to validated launch settings, before any process starts.
+
+Hydra composes `conf/` with the overrides; this module turns the result into a
+`MimoParallelismConfig` and `LaunchSettings`, checking every value on the way. Every problem
+raises `UsageError` (or `MimoConfigError`) with one line for the user.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .mimo_config import MimoConfigError, MimoParallelismConfig, ModuleParallelismConfig
+
+# Short override keys of a module -> ModuleParallelismConfig fields.
+MODULE_KEYS = {
+    "tp": "tensor_model_parallel_size",
+    "cp": "context_parallel_size",
+    "etp": "expert_tensor_parallel_size",
+    "pp": "pipeline_model_parallel_size",
+    "dp": "data_parallel_size",
+    "rank_offset": "rank_offset",
+}
+DEVICES = ("auto", "cpu", "cuda")
+MODES = ("run",)
+
+
+class UsageError(ValueError):
+    """Bad input that is not a layout rule (unknown key, bad override, missing GPU...)."""
+
+
+def conf_dir() -> Path:
+    """The Hydra config directory: inside the installed package, or `conf/` of a checkout."""
+    pkg = Path(__file__).resolve().parent
+    for candidate in (pkg / "conf", pkg.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise UsageError(f"no Hydra configs found beside {pkg}")
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """Compose `conf/config.yaml` with the overrides; Hydra's errors become one line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            return cfg
+    except HydraException as exc:
+        raise UsageError(_one_line(str(exc))) from None
+
+
+def _one_line(message: str) -> str:
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    first = lines[0] if lines else "invalid overrides"
+    if "Available options in" in message:
+        idx = next(i for i, ln in enumerate(lines) if ln.startswith("Available options in"))
+        options = []
+        for ln in lines[idx + 1:]:
+            if ln.startswith("Config search path"):
+                break
+            options.append(ln)
+        first += f"; available: {', '.join(options)}"
+    elif len(lines) > 1 and lines[1].startswith("To append"):
+        first += f" (unknown key; {lines[1][0].lower()}{lines[1][1:]})"
+    elif len(lines) > 1 and first.startswith("Error parsing override"):
+        first += f": {lines[1]}"
+    return first
+
+
+def layout_from(node: DictConfig) -> MimoParallelismConfig:
+    """The `mimo.modules` node as a MimoParallelismConfig; unknown keys are refused."""
+    data = OmegaConf.to_container(node, resolve=True)
+    modules = data.get("modules") or {}
+    if not isinstance(modules, dict):
+        raise UsageError(f"mimo.modules must map module names to layouts, got {modules!r}")
+    out = {}
+    for name, spec in modules.items():
+        if not isinstance(spec, dict):
+            raise UsageError(f"module '{name}': expected a mapping of {', '.join(MODULE_KEYS)}, "
+                             f"got {spec!r}")
+        unknown = sorted(set(spec) - set(MODULE_KEYS))
+        if unknown:
+            raise UsageError(f"module '{name}': unknown key(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(MODULE_KEYS)})")
+        kwargs = {MODULE_KEYS[k]: v for k, v in spec.items()}
+        out[str(name)] = ModuleParallelismConfig(**kwargs)
+    tokens = data.get("special_token_ids") or {}
+    return MimoParallelismConfig(out, dict(tokens))
+
+
+@dataclass
+class LaunchSettings:
+    """Everything the launchers need, validated."""
+
+    layout: MimoParallelismConfig  # every DP resolved
+    world_size: int
+    device: str  # 'cpu' or 'cuda'
+    timeout_s: float
+    run_dir: Path
+    cluster: DictConfig
+    config: DictConfig  # the whole composed config, for launchers that need more
+
+
+def world_size_of(cfg: DictConfig, layout: MimoParallelismConfig) -> int:
+    world = cfg.mimo.get("world_size")
+    if world is None:
+        world = layout.implied_world_size()
+        if world is None:
+            raise UsageError("mimo.world_size is not set and some module has dp=null: give "
+                             "mimo.world_size or every module's dp")
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
+        raise UsageError(f"mimo.world_size must be a positive integer, got {world!r}")
+    return world
+
+
+def gpu_count() -> int:
+    """GPUs visible here, asked through NVML so that forked ranks can still use CUDA."""
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_device(requested: str) -> str:
+    if requested not in DEVICES:
+        raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {requested!r}")
+    if requested == "cpu":
+        return "cpu"
+    gpus = gpu_count()
+    if requested == "cuda" and gpus == 0:
+        raise UsageError("device=cuda but no GPU is visible on this machine (use device=cpu)")
+    return "cuda" if gpus else "cpu"
+
+
+def check_timeout(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UsageError(f"timeout_s must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def fresh_run_dir(path: str) -> Path:
+    """`path`, or `path-2`, `path-3`... if an earlier run already left output there."""
+    base = Path(path).absolute()
+    candidate, n = base, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def load_settings(overrides: list[str]) -> LaunchSettings:
+    """Compose, convert and validate everything; raise on the first problem."""
+    cfg = compose_config(overrides)
+    if cfg.mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    layout = layout_from(cfg.mimo)
+    world = world_size_of(cfg, layout)
+    layout = layout.validate(world)
+    timeout_s = check_timeout(cfg.timeout_s)
+    device = resolve_device(cfg.device)
+    run_dir = fresh_run_dir(cfg.hydra.run.dir)
+    return LaunchSettings(layout, world, device, timeout_s, run_dir, cfg.cluster, cfg)
+
+
+__all__ = ["LaunchSettings", "MimoConfigError", "UsageError", "load_settings"]

@@ -1,0 +1,65 @@
+"""The `mimo-launch` command: validate, launch, print the report, exit with its code.
+
+Exit codes: 0 verification passed; 1 a mismatch; 2 bad input (nothing was started);
+3 a failure while running (a rank died or hung, a job failed); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .app_config import UsageError, load_settings
+from .mimo_config import MimoConfigError
+
+EXIT_USAGE = 2
+
+USAGE = """usage: mimo-launch [OVERRIDE ...]
+
+Bring up the process groups of a MIMO layout, verify them and print the report.
+Overrides are Hydra's, e.g.:
+  mimo-launch                                   the default 8-rank layout, locally on CPU
+  mimo-launch mimo=vlm_16                       another preset (conf/mimo/*.yaml)
+  mimo-launch mimo.modules.language.tp=4        change one field
+  mimo-launch timeout_s=120 hydra.run.dir=out   timeouts and the output directory
+  mimo-launch --cfg                             print the composed config and exit
+Exit codes: 0 passed, 1 mismatch, 2 bad input, 3 failure while running."""
+
+
+def _error(message: str) -> int:
+    print(f"mimo-launch: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
+    show_cfg = "--cfg" in args
+    args = [a for a in args if a != "--cfg"]
+    flags = [a for a in args if a.startswith("-")]
+    if flags:
+        return _error(f"unknown option {flags[0]} (overrides look like key=value; see --help)")
+    try:
+        settings = load_settings(args)
+    except (UsageError, MimoConfigError) as exc:
+        return _error(str(exc))
+    if show_cfg:
+        from omegaconf import OmegaConf
+
+        cfg = settings.config.copy()
+        cfg.pop("hydra", None)
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        return 0
+    from .launch import launch
+
+    return launch(settings)
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

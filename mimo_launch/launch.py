@@ -1,0 +1,51 @@
+"""Dispatch validated settings to the launcher the cluster config names."""
+
+from __future__ import annotations
+
+import sys
+
+from .app_config import LaunchSettings, UsageError
+from .report import format_summary
+from .rank_runner import RankJob
+
+
+def rank_job(settings: LaunchSettings) -> RankJob:
+    return RankJob(layout=settings.layout, world_size=settings.world_size,
+                   run_dir=str(settings.run_dir), timeout_s=settings.timeout_s,
+                   device=settings.device)
+
+
+def check_local_allocation(settings: LaunchSettings) -> None:
+    """The ranks this machine will start must be the layout's world (and fit its GPUs)."""
+    nproc = settings.cluster.get("nproc")
+    if nproc is not None and nproc != settings.world_size:
+        raise UsageError(f"cluster.nproc={nproc} ranks but the layout's world size is "
+                         f"{settings.world_size}")
+    if settings.device == "cuda":
+        from .app_config import gpu_count
+
+        gpus = gpu_count()
+        if gpus < settings.world_size:
+            raise UsageError(f"the layout needs {settings.world_size} GPUs (one per rank) but "
+                             f"this machine has {gpus}")
+
+
+def launch(settings: LaunchSettings) -> int:
+    launcher = settings.cluster.get("launcher")
+    if launcher != "local":
+        print(f"mimo-launch: error: unknown cluster.launcher {launcher!r}", file=sys.stderr)
+        return 2
+    try:
+        check_local_allocation(settings)
+    except UsageError as exc:
+        print(f"mimo-launch: error: {exc}", file=sys.stderr)
+        return 2
+    from .local_launcher import launch_local
+
+    print(f"mimo-launch: {settings.world_size} ranks on this machine "
+          f"({'NCCL on GPUs' if settings.device == 'cuda' else 'gloo on CPU'}); "
+          f"output in {settings.run_dir}", flush=True)
+    report = launch_local(rank_job(settings))
+    print(format_summary(report))
+    print(f"report: {settings.run_dir / 'report.json'}")
+    return report.exit_code

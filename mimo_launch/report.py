@@ -1,0 +1,100 @@
+"""The run's report: what rank 0 writes as report.json and what the launcher prints.
+
+`report.json` is written atomically (temporary file, then rename), for passing and failing runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPORT_NAME = "report.json"
+PHASES = ("init", "grids", "embedding", "verification")
+
+
+@dataclass
+class Report:
+    """The outcome of one run; `passed` is False on any mismatch or failure."""
+
+    passed: bool
+    world_size: int
+    backend: str
+    mismatches: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    modules: dict[str, dict] = field(default_factory=dict)
+    hosts: list[str] = field(default_factory=list)
+    new_group_calls: int | None = None
+    failure: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 pass, 1 mismatch, 3 a failure (a rank died, hung or raised)."""
+        if self.failure:
+            return 3
+        return 0 if self.passed else 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Report":
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write `data` as JSON to `path` so that readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(run_dir: Path, report: Report) -> Path:
+    path = Path(run_dir) / REPORT_NAME
+    write_json_atomic(path, report.to_dict())
+    return path
+
+
+def read_report(run_dir: Path) -> Report | None:
+    path = Path(run_dir) / REPORT_NAME
+    if not path.exists():
+        return None
+    return Report.from_dict(json.loads(path.read_text()))
+
+
+def format_summary(report: Report, max_mismatches: int = 20) -> str:
+    """A plain-text summary: verdict, one line per module, phase times, first mismatches."""
+    verdict = "PASSED" if report.passed and not report.failure else "FAILED"
+    lines = [f"mimo-launch verification {verdict}: world size {report.world_size}, "
+             f"backend {report.backend}"]
+    for name, info in report.modules.items():
+        shape = " ".join(f"{k.upper()}{v}" for k, v in info["shape"].items())
+        lines.append(f"  module {name:<12} ranks [{info['first_rank']}, {info['end_rank']})"
+                     f"  {shape}")
+    if report.timings:
+        times = "  ".join(f"{k} {v:.3f}s" for k, v in report.timings.items())
+        lines.append(f"  timings: {times}")
+    if report.new_group_calls is not None:
+        lines.append(f"  new_group calls per rank: {report.new_group_calls}")
+    if report.failure:
+        lines.append(f"  failure: {report.failure}")
+    if report.mismatches:
+        lines.append(f"  {len(report.mismatches)} mismatch(es):")
+        for mm in report.mismatches[:max_mismatches]:
+            lines.append(f"    rank {mm['rank']} module {mm['module']} group {mm['group']} "
+                         f"({mm['check']}): expected {mm['expected']}, actual {mm['actual']}")
+        if len(report.mismatches) > max_mismatches:
+            lines.append(f"    ... {len(report.mismatches) - max_mismatches} more in report.json")
+    return "\n".join(lines)

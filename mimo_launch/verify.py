@@ -1,0 +1,197 @@
+"""The verification stage (SPEC section 5).
+
+Every rank runs one all-reduce of its rank in each of its groups, then encodes every group it
+belongs to as a fixed-size fingerprint (`fingerprint.py`) and sends that to rank 0: O(groups) int64s
+per rank, no pickling. Rank 0 compares them with the oracle (`layout_oracle.py`) and with each other,
+vectorised, and broadcasts the verdict. Only when something is wrong do ranks send their full member
+lists, so that the report can show expected against actual members.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import fingerprint as fpr
+from .group_kinds import ALL_GROUPS
+from .layout_oracle import ExpectedLayout
+from .mimo_builder import MimoGroups
+
+STAGE_SLOT = len(ALL_GROUPS)  # the slot after the groups holds (is_first, is_last, 0, 0, 0)
+SLOTS = STAGE_SLOT + 1
+
+
+@dataclass
+class Mismatch:
+    """One disagreement: `check` is 'members', 'collective', 'consistency' or 'stage'."""
+
+    rank: int
+    module: str
+    group: str
+    check: str
+    expected: object
+    actual: object
+
+
+@dataclass
+class Verdict:
+    """What rank 0 found; other ranks get `passed` only."""
+
+    passed: bool
+    mismatches: list[Mismatch] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+
+
+def _device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _members(group) -> list[int] | None:
+    return None if group is None else sorted(dist.get_process_group_ranks(group))
+
+
+def local_record(groups: MimoGroups) -> tuple[np.ndarray, list]:
+    """Run the all-reduce in every group; return fingerprints (M, SLOTS, 5) and member lists.
+
+    Collective: all ranks visit (module, group) in the same order, so each all-reduce meets
+    all its members.
+    """
+    device, me = _device(), dist.get_rank()
+    record = np.zeros((len(groups.modules), SLOTS, fpr.N_FIELDS), dtype=np.int64)
+    members: list[list] = []
+    for m, mg in enumerate(groups.modules.values()):
+        module_members = []
+        for k, kind in enumerate(ALL_GROUPS):
+            group = mg.group(kind)
+            reduced = 0
+            if group is not None:
+                t = torch.tensor([me], dtype=torch.int64, device=device)
+                dist.all_reduce(t, group=group)
+                reduced = int(t.item())
+            ranks = _members(group)
+            module_members.append(ranks)
+            record[m, k] = fpr.of_members(ranks, reduced)
+        record[m, STAGE_SLOT, :2] = (mg.is_first_stage, mg.is_last_stage)
+        members.append(module_members)
+    return record, members
+
+
+def expected_records(layout: ExpectedLayout) -> np.ndarray:
+    """Fingerprints every rank should report: (W, M, SLOTS, 5), from the oracle alone."""
+    w = layout.world_size
+    out = np.zeros((w, len(layout.modules), SLOTS, fpr.N_FIELDS), dtype=np.int64)
+    for m, mod in enumerate(layout.modules.values()):
+        for k, kind in enumerate(ALL_GROUPS):
+            rows = fpr.of_rows(mod.groups[kind])
+            idx = mod.group_index[kind]
+            inside = idx >= 0
+            out[inside, m, k] = rows[idx[inside]]
+        out[:, m, STAGE_SLOT, 0] = mod.first_stage
+        out[:, m, STAGE_SLOT, 1] = mod.last_stage
+    return out
+
+
+def inconsistent_ranks(actual: np.ndarray) -> np.ndarray:
+    """Mask (W, M, SLOTS) of ranks whose reported group is not reported by exactly its members.
+
+    For each (module, group kind), ranks reporting the same fingerprint must be exactly the set
+    that fingerprint describes: as many as its size, same min, max and set-hash.
+    """
+    w, n_mod, _, _ = actual.shape
+    bad = np.zeros(actual.shape[:3], dtype=bool)
+    ranks = np.arange(w, dtype=np.int64)
+    rank_hash = fpr.mix(ranks)
+    for m in range(n_mod):
+        for k in range(STAGE_SLOT):
+            fps = actual[:, m, k, :4]
+            present = fps[:, 0] > 0
+            if not present.any():
+                continue
+            uniq, inv = np.unique(fps[present], axis=0, return_inverse=True)
+            inv = inv.ravel()
+            who = ranks[present]
+            count = np.bincount(inv, minlength=len(uniq))
+            lo = np.full(len(uniq), np.iinfo(np.int64).max)
+            hi = np.full(len(uniq), -1)
+            np.minimum.at(lo, inv, who)
+            np.maximum.at(hi, inv, who)
+            h = np.zeros(len(uniq), dtype=np.uint64)
+            with np.errstate(over="ignore"):
+                np.add.at(h, inv, rank_hash[present])
+            ok = ((count == uniq[:, 0]) & (lo == uniq[:, 1]) & (hi == uniq[:, 2])
+                  & (h.view(np.int64) == uniq[:, 3]))
+            bad[who, m, k] = ~ok[inv]
+    return bad
+
+
+def _mismatches(actual, expected, layout: ExpectedLayout, members_of) -> list[Mismatch]:
+    """List every disagreement; `members_of(rank)` gives that rank's full member lists."""
+    names = list(layout.modules)
+    diff_members = (actual[..., :4] != expected[..., :4]).any(axis=-1)
+    diff_sum = actual[..., 4] != expected[..., 4]
+    inconsistent = inconsistent_ranks(actual)
+    out: list[Mismatch] = []
+    for rank, m, k in zip(*np.nonzero(diff_members | diff_sum | inconsistent)):
+        rank, m, k = int(rank), int(m), int(k)
+        mod = layout.modules[names[m]]
+        if k == STAGE_SLOT:
+            exp = {"first": bool(expected[rank, m, k, 0]), "last": bool(expected[rank, m, k, 1])}
+            act = {"first": bool(actual[rank, m, k, 0]), "last": bool(actual[rank, m, k, 1])}
+            out.append(Mismatch(rank, names[m], "stage", "stage", exp, act))
+            continue
+        kind = ALL_GROUPS[k]
+        exp_members = mod.members(kind, rank)
+        act_members = members_of(rank)[m][k]
+        if diff_members[rank, m, k]:
+            out.append(Mismatch(rank, names[m], kind, "members", exp_members, act_members))
+        elif diff_sum[rank, m, k]:
+            out.append(Mismatch(rank, names[m], kind, "collective",
+                                int(expected[rank, m, k, 4]), int(actual[rank, m, k, 4])))
+        else:
+            out.append(Mismatch(rank, names[m], kind, "consistency", exp_members, act_members))
+    return out
+
+
+def verify(groups: MimoGroups, layout: ExpectedLayout, host: str) -> tuple[Verdict, float]:
+    """Check this world's groups against `layout`; collective. Returns (verdict, seconds).
+
+    `host` names this rank's node in the report.
+    """
+    t0 = time.perf_counter()
+    if list(groups.modules) != list(layout.modules):
+        raise ValueError(f"built modules {list(groups.modules)} differ from the expected "
+                         f"{list(layout.modules)}")
+    me, world = dist.get_rank(), dist.get_world_size()
+    if world != layout.world_size:
+        raise ValueError(f"world size {world} differs from the expected {layout.world_size}")
+    record, members = local_record(groups)
+    device = _device()
+    mine = torch.from_numpy(record.ravel()).to(device)
+    gathered = [torch.empty_like(mine) for _ in range(world)] if me == 0 else None
+    dist.gather(mine, gathered, dst=0)
+    hosts: list | None = [None] * world if me == 0 else None
+    dist.gather_object(host, hosts, dst=0)
+
+    verdict_flag = torch.zeros(1, dtype=torch.int64, device=device)
+    if me == 0:
+        actual = torch.stack(gathered).cpu().numpy().reshape((world,) + record.shape)
+        expected = expected_records(layout)
+        bad = ((actual != expected).any(axis=(1, 2, 3)).any()
+               or inconsistent_ranks(actual).any())
+        verdict_flag[0] = int(bad)
+    dist.broadcast(verdict_flag, src=0)
+    passed = not bool(verdict_flag.item())
+
+    mismatches: list[Mismatch] = []
+    if not passed:  # failure path only: full member lists for the report
+        all_members: list | None = [None] * world if me == 0 else None
+        dist.gather_object(members, all_members, dst=0)
+        if me == 0:
+            mismatches = _mismatches(actual, expected, layout, lambda r: all_members[r])
+    return Verdict(passed, mismatches, hosts or []), time.perf_counter() - t0
