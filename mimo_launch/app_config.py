@@ -105,7 +105,8 @@ class LaunchSettings:
     timeout_s: float
     run_dir: Path
     cluster: DictConfig
-    config: DictConfig  # the whole composed config, for launchers that need more
+    config: DictConfig
+    expected: MimoParallelismConfig | None = None  # verify against this layout instead  # the whole composed config, for launchers that need more
 
 
 def world_size_of(cfg: DictConfig, layout: MimoParallelismConfig) -> int:
@@ -155,6 +156,15 @@ def fresh_run_dir(path: str) -> Path:
     return candidate
 
 
+def preset_layout(name: str, world_size: int) -> MimoParallelismConfig:
+    """A layout preset of `conf/mimo/` by name, validated for `world_size` ranks."""
+    path = conf_dir() / "mimo" / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+        raise UsageError(f"verify_against: no mimo preset {name!r}; available: {known}")
+    return layout_from(OmegaConf.load(path)).validate(world_size)
+
+
 def load_settings(overrides: list[str]) -> LaunchSettings:
     """Compose, convert and validate everything; raise on the first problem."""
     cfg = compose_config(overrides)
@@ -165,8 +175,15 @@ def load_settings(overrides: list[str]) -> LaunchSettings:
     layout = layout.validate(world)
     timeout_s = check_timeout(cfg.timeout_s)
     device = resolve_device(cfg.device)
+    expected = None
+    if cfg.get("verify_against"):
+        expected = preset_layout(str(cfg.verify_against), world)
+        if list(expected.module_parallelisms) != list(layout.module_parallelisms):
+            raise UsageError(f"verify_against={cfg.verify_against}: its modules "
+                             f"{list(expected.module_parallelisms)} differ from the layout's "
+                             f"{list(layout.module_parallelisms)}")
     run_dir = fresh_run_dir(cfg.hydra.run.dir)
-    return LaunchSettings(layout, world, device, timeout_s, run_dir, cfg.cluster, cfg)
+    return LaunchSettings(layout, world, device, timeout_s, run_dir, cfg.cluster, cfg, expected)
 
 
 __all__ = ["LaunchSettings", "MimoConfigError", "UsageError", "load_settings"]

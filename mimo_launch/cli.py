@@ -40,16 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     flags = [a for a in args if a.startswith("-")]
     if flags:
         return _error(f"unknown option {flags[0]} (overrides look like key=value; see --help)")
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         settings = load_settings(args)
     except (UsageError, MimoConfigError) as exc:
         return _error(str(exc))
+    except OmegaConfBaseException as exc:  # e.g. an interpolation that does not resolve
+        return _error(str(exc).splitlines()[0])
     if show_cfg:
         from omegaconf import OmegaConf
 
-        cfg = settings.config.copy()
-        cfg.pop("hydra", None)
-        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        cfg = {k: settings.config[k] for k in settings.config if k != "hydra"}
+        print(OmegaConf.to_yaml(OmegaConf.create(cfg), resolve=True), end="")
         return 0
     from .launch import launch
 

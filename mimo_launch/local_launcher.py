@@ -17,6 +17,7 @@ import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Callable
 
 import torch.distributed as dist
 
@@ -57,18 +58,22 @@ def tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def _child(job: RankJob, rank: int, port_fd: int) -> None:
-    """Body of a forked rank; never returns."""
+RankBody = Callable[[int, "dist.TCPStore"], int]
+
+
+def _child(world_size: int, rank: int, port_fd: int, log: Path, timeout_s: float,
+           body: RankBody) -> None:
+    """A forked rank: log to `log`, join the parent's store, run `body`; never returns."""
     code = EXIT_FAILURE
     try:
-        log = os.open(log_path(Path(job.run_dir), rank), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         (port,) = struct.unpack("!I", os.read(port_fd, 4))
-        store = dist.TCPStore("127.0.0.1", port, job.world_size, is_master=False,
-                              timeout=timedelta(seconds=job.timeout_s))
-        code = run_rank(job, rank, local_rank=rank, store=store)
+        store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False,
+                              timeout=timedelta(seconds=timeout_s))
+        code = body(rank, store)
     except BaseException:  # noqa: BLE001 - a rank reports every failure in its log
         traceback.print_exc()
     finally:
@@ -106,36 +111,39 @@ def _exit_of(rank: int, status: int) -> RankExit:
     return RankExit(rank, os.WEXITSTATUS(status), None)
 
 
-def launch_local(job: RankJob, watchdog_s: float | None = None) -> Report:
-    """Run `job.world_size` ranks here and return rank 0's report (or a failure report).
+def fork_ranks(world_size: int, run_dir: Path, timeout_s: float, body: RankBody,
+               watchdog_s: float | None = None) -> tuple[list[RankExit], object]:
+    """Fork `world_size` ranks running `body(rank, store)`; wait for them.
 
-    When a rank dies, the others are stopped at once. `watchdog_s` bounds the whole run.
+    Returns every exit seen and the failure that stopped the run (None when all ranks ended
+    with 0 or 1): the first rank that died otherwise, or a message (watchdog, Ctrl-C). When a
+    rank dies, the others are stopped at once; `watchdog_s` bounds the whole run.
     """
-    run_dir = Path(job.run_dir)
+    run_dir = Path(run_dir)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     pids: dict[int, int] = {}
     writers = []
-    for rank in range(job.world_size):
+    for rank in range(world_size):
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
             for fd in writers:
                 os.close(fd)
             os.close(write_fd)
-            _child(job, rank, read_fd)
+            _child(world_size, rank, read_fd, log_path(run_dir, rank), timeout_s, body)
         os.close(read_fd)
         writers.append(write_fd)
         pids[pid] = rank
-    store = dist.TCPStore("127.0.0.1", 0, job.world_size, is_master=True,
-                          wait_for_workers=False, timeout=timedelta(seconds=job.timeout_s))
+    store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True,
+                          wait_for_workers=False, timeout=timedelta(seconds=timeout_s))
     for fd in writers:
         os.write(fd, struct.pack("!I", store.port))
         os.close(fd)
-    return _wait(job, pids, watchdog_s or 4 * job.timeout_s + 30)
+    return _wait(pids, watchdog_s or 4 * timeout_s + 30)
 
 
-def _wait(job: RankJob, pids: dict[int, int], watchdog_s: float) -> Report:
+def _wait(pids: dict[int, int], watchdog_s: float) -> tuple[list[RankExit], object]:
     exits: list[RankExit] = []
     failure = None
     deadline = time.monotonic() + watchdog_s
@@ -156,6 +164,13 @@ def _wait(job: RankJob, pids: dict[int, int], watchdog_s: float) -> Report:
         failure = "interrupted (Ctrl-C)"
     finally:
         _terminate(pids)
+    return exits, failure
+
+
+def launch_local(job: RankJob, watchdog_s: float | None = None) -> Report:
+    """Run `job`'s ranks here; return rank 0's report, or a failure report (also written)."""
+    _, failure = fork_ranks(job.world_size, Path(job.run_dir), job.timeout_s,
+                            lambda rank, store: run_rank(job, rank, rank, store), watchdog_s)
     return _final_report(job, failure)
 
 

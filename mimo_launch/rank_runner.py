@@ -62,15 +62,21 @@ def module_summary(layout: MimoParallelismConfig) -> dict[str, dict]:
     return out
 
 
-def _init(job: RankJob, rank: int, local_rank: int, store, init_method: str | None) -> None:
-    timeout = timedelta(seconds=job.timeout_s)
-    if job.device == "cuda":
+def init_distributed(rank: int, world_size: int, backend: str, timeout_s: float,
+                     store=None, init_method: str | None = None, local_rank: int = 0) -> None:
+    """Join the world (through `store` or `init_method`) and wait for every rank.
+
+    With nccl, binds to GPU `local_rank` first. `timeout_s` bounds every later group creation
+    and collective as well.
+    """
+    timeout = timedelta(seconds=timeout_s)
+    if backend == "nccl":
         torch.cuda.set_device(local_rank)
-    os.environ["WORLD_SIZE"] = str(job.world_size)  # HyperCommGrid reads it
+    os.environ["WORLD_SIZE"] = str(world_size)  # HyperCommGrid reads it
     os.environ["RANK"] = str(rank)
     kwargs = {"store": store} if store is not None else {"init_method": init_method}
-    dist.init_process_group(job.backend, rank=rank, world_size=job.world_size,
-                            timeout=timeout, **kwargs)
+    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout,
+                            **kwargs)
     world_factory(timeout=timeout)
     dist.barrier()
 
@@ -84,7 +90,8 @@ def run_rank(job: RankJob, rank: int, local_rank: int = 0, store=None,
     """
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    _init(job, rank, local_rank, store, init_method)
+    init_distributed(rank, job.world_size, job.backend, job.timeout_s, store, init_method,
+                     local_rank)
     t_init = time.perf_counter() - t0
     layout = job.layout.validate(job.world_size)
     groups = build_mimo_groups(layout)

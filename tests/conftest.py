@@ -1,0 +1,63 @@
+"""Shared test helpers: layouts, the CLI as a subprocess, and real multi-process worlds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mimo_launch.local_launcher import fork_ranks
+from mimo_launch.mimo_config import MimoParallelismConfig, ModuleParallelismConfig
+from mimo_launch.rank_runner import init_distributed
+
+REPO = Path(__file__).resolve().parent.parent
+MIMO_LAUNCH = Path(sys.executable).parent / "mimo-launch"
+
+
+def layout(**modules) -> MimoParallelismConfig:
+    """layout(vision=dict(tp=2, dp=2), language=dict(pp=2, dp=2, offset=4))."""
+    keys = {"tp": "tensor_model_parallel_size", "pp": "pipeline_model_parallel_size",
+            "cp": "context_parallel_size", "etp": "expert_tensor_parallel_size",
+            "dp": "data_parallel_size", "offset": "rank_offset"}
+    return MimoParallelismConfig({
+        name: ModuleParallelismConfig(**{keys[k]: v for k, v in spec.items()})
+        for name, spec in modules.items()})
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run `mimo-launch ARGS` in `cwd`; CI=1 keeps the output plain."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([str(MIMO_LAUNCH), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def run_world():
+    """The `world` helper below, as a fixture."""
+    return world
+
+
+def world(tmp_path: Path, world_size: int, body, timeout_s: float = 60) -> list:
+    """Fork `world_size` real gloo ranks running `body(rank)`; return each rank's JSON result.
+
+    Fails the test (with the failing rank's log) unless every rank exits 0.
+    """
+    def rank_main(rank: int, store) -> int:
+        init_distributed(rank, world_size, "gloo", timeout_s, store=store)
+        result = body(rank)
+        (tmp_path / f"result{rank}.json").write_text(json.dumps(result))
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+        return 0
+
+    exits, failure = fork_ranks(world_size, tmp_path, timeout_s, rank_main)
+    if failure is not None or any(e.code != 0 for e in exits):
+        logs = "\n".join(f"--- rank {r}\n{(tmp_path / 'logs' / f'rank{r}.log').read_text()}"
+                         for r in range(world_size) if (tmp_path / "logs" / f"rank{r}.log").exists())
+        pytest.fail(f"world failed: {failure or [e.describe() for e in exits]}\n{logs[-4000:]}")
+    return [json.loads((tmp_path / f"result{r}.json").read_text()) for r in range(world_size)]

@@ -1,0 +1,66 @@
+"""`mimo-launch` as a user runs it: a subprocess, real ranks, real exit codes."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.mark.timeout(240)
+def test_default_run_passes_and_writes_the_report(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is True and report["world_size"] == 8
+    assert report["backend"] == "gloo" and report["mismatches"] == []
+    assert list(report["modules"]) == ["vision", "language"]
+    assert "PASSED" in proc.stdout
+    assert sorted((out / "logs").iterdir()) and len(list((out / "logs").iterdir())) == 8
+
+
+@pytest.mark.timeout(240)
+def test_a_second_run_never_overwrites_the_first(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(f"hydra.run.dir={out}", cwd=tmp_path).returncode == 0
+    first = (out / "report.json").read_text()
+    proc = run_cli(f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert (out / "report.json").read_text() == first
+    assert (tmp_path / "run-2" / "report.json").exists()
+
+
+@pytest.mark.timeout(240)
+def test_a_failed_verification_exits_1_and_lists_mismatches(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("mimo=colocated_8", "verify_against=vlm_8", f"hydra.run.dir={out}",
+                   cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is False and report["mismatches"]
+    assert "FAILED" in proc.stdout and "rank 0 module vision group dp" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("override,fragment", [
+    ("mimo.modules.language.tp=3", "power of two, got 3"),
+    ("mimo.modules.vision.dp=3", "overlap"),
+    ("mimo.modules.language.tp=abc", "must be an integer, got 'abc'"),
+])
+def test_bad_override_exits_2_with_one_line_and_starts_nothing(tmp_path, override, fragment):
+    out = tmp_path / "run"
+    proc = run_cli(override, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert not out.exists()  # no run directory: no rank was started
+
+
+@pytest.mark.timeout(120)
+def test_cfg_prints_the_composed_config(tmp_path):
+    proc = run_cli("--cfg", "mimo=single_8", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "language:" in proc.stdout and "data_parallel_size" not in proc.stdout
+    assert "dp: 2" in proc.stdout or "dp: null" in proc.stdout
