@@ -8,12 +8,13 @@ raises `UsageError` (or `MimoConfigError`) with one line for the user.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from .mimo_config import MimoConfigError, MimoParallelismConfig, ModuleParallelismConfig
+from .phases import FaultSpec
 
 # Short override keys of a module -> ModuleParallelismConfig fields.
 MODULE_KEYS = {
@@ -53,7 +54,24 @@ def compose_config(overrides: list[str]) -> DictConfig:
             HydraConfig.instance().set_config(cfg)
             return cfg
     except HydraException as exc:
-        raise UsageError(_one_line(str(exc))) from None
+        message = _one_line(str(exc))
+        bad = _unparsable(overrides)
+        if bad is not None and bad not in message:
+            message = f"cannot parse override '{bad}': {message}"
+        raise UsageError(message) from None
+
+
+def _unparsable(overrides: list[str]) -> str | None:
+    """The first override Hydra's grammar rejects, if any."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except Exception:  # noqa: BLE001 - any parse failure names this override
+            return override
+    return None
 
 
 def _one_line(message: str) -> str:
@@ -106,7 +124,8 @@ class LaunchSettings:
     run_dir: Path
     cluster: DictConfig
     config: DictConfig
-    expected: MimoParallelismConfig | None = None  # verify against this layout instead  # the whole composed config, for launchers that need more
+    expected: MimoParallelismConfig | None = None  # verify against this layout instead
+    fault: FaultSpec = field(default_factory=FaultSpec)  # the whole composed config, for launchers that need more
 
 
 def world_size_of(cfg: DictConfig, layout: MimoParallelismConfig) -> int:
@@ -165,6 +184,19 @@ def preset_layout(name: str, world_size: int) -> MimoParallelismConfig:
     return layout_from(OmegaConf.load(path)).validate(world_size)
 
 
+def fault_from(node, world_size: int) -> FaultSpec:
+    """The `fault` node as a FaultSpec valid for `world_size` ranks."""
+    data = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    unknown = sorted(set(data) - {"kill_rank", "hang_rank", "phase"})
+    if unknown:
+        raise UsageError(f"fault: unknown key(s) {', '.join(unknown)} "
+                         f"(known: kill_rank, hang_rank, phase)")
+    try:
+        return FaultSpec(**data).validate(world_size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def load_settings(overrides: list[str]) -> LaunchSettings:
     """Compose, convert and validate everything; raise on the first problem."""
     cfg = compose_config(overrides)
@@ -182,8 +214,10 @@ def load_settings(overrides: list[str]) -> LaunchSettings:
             raise UsageError(f"verify_against={cfg.verify_against}: its modules "
                              f"{list(expected.module_parallelisms)} differ from the layout's "
                              f"{list(layout.module_parallelisms)}")
+    fault = fault_from(cfg.get("fault"), world)
     run_dir = fresh_run_dir(cfg.hydra.run.dir)
-    return LaunchSettings(layout, world, device, timeout_s, run_dir, cfg.cluster, cfg, expected)
+    return LaunchSettings(layout, world, device, timeout_s, run_dir, cfg.cluster, cfg, expected,
+                          fault)
 
 
 __all__ = ["LaunchSettings", "MimoConfigError", "UsageError", "load_settings"]

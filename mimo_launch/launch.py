@@ -12,7 +12,8 @@ from .rank_runner import RankJob
 def rank_job(settings: LaunchSettings) -> RankJob:
     return RankJob(layout=settings.layout, world_size=settings.world_size,
                    run_dir=str(settings.run_dir), timeout_s=settings.timeout_s,
-                   device=settings.device, expected=settings.expected)
+                   device=settings.device, expected=settings.expected,
+                   fault=settings.fault)
 
 
 def check_local_allocation(settings: LaunchSettings) -> None:

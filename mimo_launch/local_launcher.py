@@ -8,6 +8,7 @@ to each rank through a pipe, and waits. Rank r writes its output to `<run_dir>/l
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import struct
@@ -21,29 +22,12 @@ from typing import Callable
 
 import torch.distributed as dist
 
+from .diagnosis import RankExit, diagnose
 from .rank_runner import RankJob, run_rank
 from .report import Report, read_report, write_report
 
 EXIT_FAILURE = 3
 _POLL_S = 0.05
-
-
-@dataclass
-class RankExit:
-    """How one rank ended: its exit code, or the signal that killed it."""
-
-    rank: int
-    code: int | None
-    signal: int | None
-
-    @property
-    def ok(self) -> bool:
-        return self.signal is None and self.code in (0, 1)
-
-    def describe(self) -> str:
-        if self.signal is not None:
-            return f"rank {self.rank} was killed by signal {signal.Signals(self.signal).name}"
-        return f"rank {self.rank} exited with code {self.code}"
 
 
 def log_path(run_dir: Path, rank: int) -> Path:
@@ -58,6 +42,15 @@ def tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this rank if the launcher dies (Linux prctl)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 RankBody = Callable[[int, "dist.TCPStore"], int]
 
 
@@ -70,6 +63,7 @@ def _child(world_size: int, rank: int, port_fd: int, log: Path, timeout_s: float
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _die_with_parent()
         (port,) = struct.unpack("!I", os.read(port_fd, 4))
         store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False,
                               timeout=timedelta(seconds=timeout_s))
@@ -82,42 +76,59 @@ def _child(world_size: int, rank: int, port_fd: int, log: Path, timeout_s: float
         os._exit(code)
 
 
-def _terminate(pids: dict[int, int], grace_s: float = 3.0) -> None:
-    """SIGTERM the ranks still running, then SIGKILL whatever has not exited after `grace_s`."""
+def _terminate(pids: dict[int, int], grace_s: float = 3.0) -> list[RankExit]:
+    """SIGTERM the ranks still running, SIGKILL what is left after `grace_s`; reap them all."""
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + grace_s
+    reaped = []
     while pids and time.monotonic() < deadline:
-        pid, _ = os.waitpid(-1, os.WNOHANG)
+        pid, status = os.waitpid(-1, os.WNOHANG)
         if pid:
-            pids.pop(pid, None)
+            reaped.append(_exit_of(pids.pop(pid), status, stopped=True))
         else:
             time.sleep(_POLL_S)
-    for pid in list(pids):
+    for pid, rank in list(pids.items()):
         try:
             os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            _, status = os.waitpid(pid, 0)
+            reaped.append(_exit_of(rank, status, stopped=True))
         except (ProcessLookupError, ChildProcessError):
             pass
         pids.pop(pid, None)
+    return reaped
 
 
-def _exit_of(rank: int, status: int) -> RankExit:
+def _exit_of(rank: int, status: int, stopped: bool = False) -> RankExit:
     if os.WIFSIGNALED(status):
-        return RankExit(rank, None, os.WTERMSIG(status))
-    return RankExit(rank, os.WEXITSTATUS(status), None)
+        return RankExit(rank, None, os.WTERMSIG(status), stopped)
+    return RankExit(rank, os.WEXITSTATUS(status), None, stopped)
+
+
+@dataclass
+class LocalRun:
+    """How a local run ended: every rank's exit, and the launcher's own reason to stop it
+    (watchdog, Ctrl-C) if any. `store` is the run's store, still readable."""
+
+    exits: list[RankExit]
+    reason: str | None
+    interrupted: bool
+    store: "dist.TCPStore"
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None and all(e.ok for e in self.exits)
 
 
 def fork_ranks(world_size: int, run_dir: Path, timeout_s: float, body: RankBody,
-               watchdog_s: float | None = None) -> tuple[list[RankExit], object]:
-    """Fork `world_size` ranks running `body(rank, store)`; wait for them.
+               watchdog_s: float | None = None) -> LocalRun:
+    """Fork `world_size` ranks running `body(rank, store)` and wait for them.
 
-    Returns every exit seen and the failure that stopped the run (None when all ranks ended
-    with 0 or 1): the first rank that died otherwise, or a message (watchdog, Ctrl-C). When a
-    rank dies, the others are stopped at once; `watchdog_s` bounds the whole run.
+    When a rank ends with anything but 0 or 1, the others are stopped at once (SIGTERM, then
+    SIGKILL); so they are on Ctrl-C and when `watchdog_s` (the bound on the whole run) passes.
     """
     run_dir = Path(run_dir)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -140,12 +151,12 @@ def fork_ranks(world_size: int, run_dir: Path, timeout_s: float, body: RankBody,
     for fd in writers:
         os.write(fd, struct.pack("!I", store.port))
         os.close(fd)
-    return _wait(pids, watchdog_s or 4 * timeout_s + 30)
+    return _wait(pids, watchdog_s or 4 * timeout_s + 30, store)
 
 
-def _wait(pids: dict[int, int], watchdog_s: float) -> tuple[list[RankExit], object]:
+def _wait(pids: dict[int, int], watchdog_s: float, store) -> LocalRun:
     exits: list[RankExit] = []
-    failure = None
+    reason, interrupted = None, False
     deadline = time.monotonic() + watchdog_s
     try:
         while pids:
@@ -153,38 +164,45 @@ def _wait(pids: dict[int, int], watchdog_s: float) -> tuple[list[RankExit], obje
             if pid:
                 exits.append(_exit_of(pids.pop(pid), status))
                 if not exits[-1].ok:
-                    failure = exits[-1]
                     break
             elif time.monotonic() > deadline:
-                failure = f"the run did not finish within {watchdog_s:.0f}s"
+                reason = f"the run did not finish within {watchdog_s:.0f}s"
                 break
             else:
                 time.sleep(_POLL_S)
     except KeyboardInterrupt:
-        failure = "interrupted (Ctrl-C)"
+        reason, interrupted = "interrupted (Ctrl-C)", True
     finally:
-        _terminate(pids)
-    return exits, failure
+        exits += _terminate(pids)
+    return LocalRun(exits, reason, interrupted, store)
 
 
 def launch_local(job: RankJob, watchdog_s: float | None = None) -> Report:
     """Run `job`'s ranks here; return rank 0's report, or a failure report (also written)."""
-    _, failure = fork_ranks(job.world_size, Path(job.run_dir), job.timeout_s,
-                            lambda rank, store: run_rank(job, rank, rank, store), watchdog_s)
-    return _final_report(job, failure)
-
-
-def _final_report(job: RankJob, failure) -> Report:
-    run_dir = Path(job.run_dir)
-    report = read_report(run_dir)
-    if failure is None and report is not None:
+    run = fork_ranks(job.world_size, Path(job.run_dir), job.timeout_s,
+                     lambda rank, store: run_rank(job, rank, store, local_rank=rank),
+                     watchdog_s)
+    report = read_report(Path(job.run_dir))
+    if run.ok and report is not None:
         return report
-    if isinstance(failure, RankExit):
-        log_tail = tail(log_path(run_dir, failure.rank))
-        message = f"{failure.describe()}; last lines of its log:\n{log_tail}"
-    else:
-        message = failure or "rank 0 wrote no report"
-    report = Report(passed=False, world_size=job.world_size, backend=job.backend,
-                    failure=message)
+    return _failure_report(job, run, report)
+
+
+def _failure_report(job: RankJob, run: LocalRun, partial: Report | None) -> Report:
+    """The report of a failed run, keeping what rank 0 recorded before it failed."""
+    run_dir = Path(job.run_dir)
+    diagnosis = diagnose(run.store, job.world_size, run.exits, run.reason)
+    blamed = diagnosis.ranks[:1] or [e.rank for e in run.exits if not e.ok][:1]
+    message = diagnosis.message
+    for rank in blamed:
+        log_tail = tail(log_path(run_dir, rank))
+        if log_tail:
+            message += f"\nlast lines of {log_path(run_dir, rank)}:\n{log_tail}"
+    report = partial or Report(passed=False, world_size=job.world_size, backend=job.backend)
+    report.passed = False
+    report.failure = message
+    report.failed_phase = diagnosis.phase
+    report.failed_ranks = diagnosis.ranks
+    report.interrupted = run.interrupted
     write_report(run_dir, report)
     return report

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -72,7 +74,6 @@ def populate_embedding_and_position_groups(pp_group):
     (first, last) stage of its pipeline to an all-gather, so every rank creates the same groups
     for every pipeline of the world, in the same order, whatever its own pipeline is.
     """
-    me = dist.get_rank()
     if pp_group is None:
         first = last = -1
     else:
@@ -80,16 +81,33 @@ def populate_embedding_and_position_groups(pp_group):
         first, last = min(ranks), max(ranks)
     device = _comm_device()
     mine = torch.tensor([first, last], dtype=torch.int64, device=device)
-    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, mine)
-    pairs = sorted({tuple(t.tolist()) for t in gathered if int(t[0]) >= 0})
+    gathered = torch.empty(2 * dist.get_world_size(), dtype=torch.int64, device=device)
+    dist.all_gather_into_tensor(gathered, mine)
+    return embedding_groups_for_pairs(pp_group, gathered.cpu().numpy())
 
+
+def embedding_groups_for_pairs(pp_group, pairs) -> tuple:
+    """The creation half of `populate_embedding_and_position_groups`: given every rank's
+    (first, last) pipeline stage (-1 outside the module; the all-gather's result), create the
+    pos_embd and embd groups of every pipeline in the same order on every rank and return this
+    rank's `(pos_embd_pg, embd_pg)`. Collective over the world."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    pairs = np.unique(pairs[pairs[:, 0] >= 0], axis=0)  # one row per pipeline, ascending
+    first, last = pairs[:, :1], pairs[:, 1:]
     factory = world_factory()
-    pos_embd = factory.group_for([[f] for f, _ in pairs])
-    embd = factory.group_for([[f] if f == l else [f, l] for f, l in pairs])
+    pos_embd = factory.group_for(first)
+    single = bool(len(pairs)) and bool((first == last).all())
+    mixed = not single and bool((first == last).any())
+    if mixed:  # pipelines of one and of several stages: rows of different widths
+        embd = factory.group_for([[f] if f == l else [f, l] for f, l in pairs.tolist()])
+    else:
+        embd = factory.group_for(first if single else pairs)
     if pp_group is None:
         return None, None
-    return (pos_embd if me == first else None), (embd if me in (first, last) else None)
+    me = dist.get_rank()
+    ranks = dist.get_process_group_ranks(pp_group)
+    is_first, is_last = me == min(ranks), me == max(ranks)
+    return (pos_embd if is_first else None), (embd if is_first or is_last else None)
 
 
 def is_pp_first_stage(pp_group) -> bool:
@@ -145,18 +163,29 @@ class MimoGroups:
             mg.grid._pgs.clear()
 
 
-def build_mimo_groups(cfg: MimoParallelismConfig) -> MimoGroups:
-    """Build the grids and embedding groups of every module; collective over the world."""
-    t0 = time.perf_counter()
-    grids = build_hypercomm_grids(cfg)
-    t1 = time.perf_counter()
+def build_mimo_groups(cfg: MimoParallelismConfig, phase=None) -> MimoGroups:
+    """Build the grids and embedding groups of every module; collective over the world.
+
+    `phase(name)`, if given, is a context manager wrapped around the 'grids' and 'embedding'
+    steps (the rank runner passes its phase tracker: barrier, timeout, fault injection).
+    """
+    timings: dict[str, float] = {}
+
+    @contextmanager
+    def step(name: str):
+        with phase(name) if phase else nullcontext():
+            start = time.perf_counter()
+            yield
+            timings[name] = time.perf_counter() - start
+
+    with step("grids"):
+        grids = build_hypercomm_grids(cfg)
     modules = {}
-    for name, grid in grids.items():
-        groups = {kind: grid.get_pg(dims_of(kind)) for kind in GRID_GROUPS}
-        pp = groups["pp"]
-        pos_embd, embd = populate_embedding_and_position_groups(pp)
-        modules[name] = ModuleGroups(grid, groups, pos_embd, embd,
-                                     is_pp_first_stage(pp), is_pp_last_stage(pp))
-    t2 = time.perf_counter()
-    return MimoGroups(modules, {"grids": t1 - t0, "embedding": t2 - t1},
-                      world_factory().new_group_calls)
+    with step("embedding"):
+        for name, grid in grids.items():
+            groups = {kind: grid.get_pg(dims_of(kind)) for kind in GRID_GROUPS}
+            pp = groups["pp"]
+            pos_embd, embd = populate_embedding_and_position_groups(pp)
+            modules[name] = ModuleGroups(grid, groups, pos_embd, embd,
+                                         is_pp_first_stage(pp), is_pp_last_stage(pp))
+    return MimoGroups(modules, timings, world_factory().new_group_calls)

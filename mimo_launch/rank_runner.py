@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from .group_factory import world_factory
 from .layout_oracle import expected_layout
 from .mimo_builder import build_mimo_groups
 from .mimo_config import MimoParallelismConfig
+from .phases import FaultSpec, PhaseTracker
 from .report import Report, write_report
 from .verify import verify
 
@@ -28,7 +28,8 @@ from .verify import verify
 class RankJob:
     """Everything a rank needs to run; picklable, so Slurm tasks receive it as is.
 
-    `expected` verifies against another layout than the one built (to show the verifier fails).
+    `expected` verifies against another layout than the one built (to show the verifier fails);
+    `fault` makes one rank die or hang in one phase (rehearsals and tests).
     """
 
     layout: MimoParallelismConfig
@@ -37,7 +38,7 @@ class RankJob:
     timeout_s: float = 60.0
     device: str = "cpu"  # 'cpu' (gloo) or 'cuda' (nccl, one GPU per rank)
     expected: MimoParallelismConfig | None = None
-    extra: dict = field(default_factory=dict)
+    fault: FaultSpec = field(default_factory=FaultSpec)
 
     @property
     def backend(self) -> str:
@@ -62,49 +63,62 @@ def module_summary(layout: MimoParallelismConfig) -> dict[str, dict]:
     return out
 
 
-def init_distributed(rank: int, world_size: int, backend: str, timeout_s: float,
-                     store=None, init_method: str | None = None, local_rank: int = 0) -> None:
-    """Join the world (through `store` or `init_method`) and wait for every rank.
+def tcp_store(rank: int, world_size: int, host: str, port: int, timeout_s: float):
+    """The run's rendezvous store: rank 0 hosts it on `host:port`, the others connect."""
+    return dist.TCPStore(host, port, world_size, is_master=(rank == 0),
+                         timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
 
-    With nccl, binds to GPU `local_rank` first. `timeout_s` bounds every later group creation
-    and collective as well.
+
+def init_distributed(rank: int, world_size: int, backend: str, timeout_s: float, store,
+                     local_rank: int = 0) -> None:
+    """Join the world through `store`; with nccl, bind to GPU `local_rank` first.
+
+    `timeout_s` bounds every later group creation and collective as well.
     """
     timeout = timedelta(seconds=timeout_s)
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     os.environ["WORLD_SIZE"] = str(world_size)  # HyperCommGrid reads it
     os.environ["RANK"] = str(rank)
-    kwargs = {"store": store} if store is not None else {"init_method": init_method}
-    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout,
-                            **kwargs)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                            timeout=timeout)
     world_factory(timeout=timeout)
-    dist.barrier()
 
 
-def run_rank(job: RankJob, rank: int, local_rank: int = 0, store=None,
-             init_method: str | None = None) -> int:
+def run_rank(job: RankJob, rank: int, store, local_rank: int = 0) -> int:
     """Run one rank to the end; return its exit code (0 pass, 1 mismatch).
 
-    Rendezvous through `store` (a TCPStore client) or `init_method` (e.g. tcp://host:port).
-    Rank 0 writes report.json into `job.run_dir`.
+    Raises on any failure, after leaving the error in `store` (rank 0 also writes a failed
+    report.json). Rank 0 writes report.json into `job.run_dir`.
     """
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    init_distributed(rank, job.world_size, job.backend, job.timeout_s, store, init_method,
-                     local_rank)
-    t_init = time.perf_counter() - t0
+    tracker = PhaseTracker(store, rank, job.world_size, job.timeout_s, job.fault)
     layout = job.layout.validate(job.world_size)
-    groups = build_mimo_groups(layout)
-    expected = expected_layout(job.expected or layout, job.world_size)
-    verdict, t_verify = verify(groups, expected, node_name())
+    try:
+        with tracker.phase("init"):
+            init_distributed(rank, job.world_size, job.backend, job.timeout_s, store,
+                             local_rank)
+        groups = build_mimo_groups(layout, phase=tracker.phase)
+        with tracker.phase("verify"):
+            expected = expected_layout(job.expected or layout, job.world_size)
+            verdict, _ = verify(groups, expected, node_name())
+    except Exception as exc:
+        tracker.record_failure(exc)
+        if rank == 0:
+            write_report(Path(job.run_dir), Report(
+                passed=False, world_size=job.world_size, backend=job.backend,
+                timings=dict(tracker.timings), modules=module_summary(layout),
+                failure=str(exc), failed_phase=tracker.current,
+                failed_ranks=getattr(exc, "missing", None) or []))
+        raise
     if rank == 0:
-        report = Report(
+        timings = {"init": tracker.timings["init"], **groups.timings,
+                   "verification": tracker.timings["verify"]}
+        write_report(Path(job.run_dir), Report(
             passed=verdict.passed, world_size=job.world_size, backend=job.backend,
-            mismatches=[vars(m) for m in verdict.mismatches],
-            timings={"init": t_init, **groups.timings, "verification": t_verify},
+            mismatches=[vars(m) for m in verdict.mismatches], timings=timings,
             modules=module_summary(layout), hosts=verdict.hosts,
-            new_group_calls=groups.new_group_calls)
-        write_report(Path(job.run_dir), report)
+            new_group_calls=groups.new_group_calls))
     groups.destroy()
     dist.destroy_process_group()
     return 0 if verdict.passed else 1

@@ -28,10 +28,15 @@ class Report:
     hosts: list[str] = field(default_factory=list)
     new_group_calls: int | None = None
     failure: str | None = None
+    failed_phase: str | None = None
+    failed_ranks: list[int] = field(default_factory=list)
+    interrupted: bool = False
 
     @property
     def exit_code(self) -> int:
-        """0 pass, 1 mismatch, 3 a failure (a rank died, hung or raised)."""
+        """0 pass, 1 mismatch, 3 a failure (a rank died, hung or raised), 130 interrupted."""
+        if self.interrupted:
+            return 130
         if self.failure:
             return 3
         return 0 if self.passed else 1
@@ -89,7 +94,9 @@ def format_summary(report: Report, max_mismatches: int = 20) -> str:
     if report.new_group_calls is not None:
         lines.append(f"  new_group calls per rank: {report.new_group_calls}")
     if report.failure:
-        lines.append(f"  failure: {report.failure}")
+        first, *rest = report.failure.splitlines()
+        lines.append(f"  failure: {first}")
+        lines.extend(f"    {line}" for line in rest)
     if report.mismatches:
         lines.append(f"  {len(report.mismatches)} mismatch(es):")
         for mm in report.mismatches[:max_mismatches]:

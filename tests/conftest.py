@@ -47,7 +47,7 @@ def world(tmp_path: Path, world_size: int, body, timeout_s: float = 60) -> list:
     Fails the test (with the failing rank's log) unless every rank exits 0.
     """
     def rank_main(rank: int, store) -> int:
-        init_distributed(rank, world_size, "gloo", timeout_s, store=store)
+        init_distributed(rank, world_size, "gloo", timeout_s, store)
         result = body(rank)
         (tmp_path / f"result{rank}.json").write_text(json.dumps(result))
         import torch.distributed as dist
@@ -55,9 +55,10 @@ def world(tmp_path: Path, world_size: int, body, timeout_s: float = 60) -> list:
         dist.destroy_process_group()
         return 0
 
-    exits, failure = fork_ranks(world_size, tmp_path, timeout_s, rank_main)
-    if failure is not None or any(e.code != 0 for e in exits):
+    run = fork_ranks(world_size, tmp_path, timeout_s, rank_main)
+    if not run.ok or any(e.code != 0 for e in run.exits):
         logs = "\n".join(f"--- rank {r}\n{(tmp_path / 'logs' / f'rank{r}.log').read_text()}"
                          for r in range(world_size) if (tmp_path / "logs" / f"rank{r}.log").exists())
-        pytest.fail(f"world failed: {failure or [e.describe() for e in exits]}\n{logs[-4000:]}")
+        pytest.fail(f"world failed: {run.reason or [e.describe() for e in run.exits]}\n"
+                    f"{logs[-4000:]}")
     return [json.loads((tmp_path / f"result{r}.json").read_text()) for r in range(world_size)]

@@ -1,0 +1,90 @@
+"""Why a run failed: the phase, the ranks to blame, and what they left in their logs.
+
+Composed by whoever outlives the ranks (the local launcher, which hosts the store) from the
+phase records in the store (`phases.py`) and the exit status of each rank.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+
+from .phases import PHASES, format_ranks, missing_ranks, rank_failure, rank_phase
+
+
+@dataclass
+class RankExit:
+    """How one rank ended: its exit code, or the signal that killed it."""
+
+    rank: int
+    code: int | None
+    signal: int | None
+    stopped_by_launcher: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Ended on its own with a verdict (0 pass, 1 mismatch)."""
+        return self.signal is None and self.code in (0, 1)
+
+    @property
+    def died(self) -> bool:
+        """Ended by a signal nobody sent it here, or with an unexpected exit code."""
+        if self.stopped_by_launcher:
+            return False
+        return self.signal is not None or self.code not in (0, 1, 3)
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            return f"rank {self.rank} was killed by signal {signal.Signals(self.signal).name}"
+        return f"rank {self.rank} exited with code {self.code}"
+
+
+@dataclass
+class Diagnosis:
+    """One paragraph for the report, plus the phase and ranks it names."""
+
+    message: str
+    phase: str | None
+    ranks: list[int] = field(default_factory=list)
+
+
+def _first_failed_phase(store, world_size: int) -> str | None:
+    """The earliest phase any rank recorded an error in."""
+    seen = []
+    for rank in range(world_size):
+        message = rank_failure(store, rank)
+        if message:
+            seen.append(message.split(":", 1)[0])
+    ordered = [p for p in PHASES if p in seen]
+    return ordered[0] if ordered else None
+
+
+def diagnose(store, world_size: int, exits: list[RankExit], reason: str | None) -> Diagnosis:
+    """Blame ranks that died, else ranks that never arrived at the phase that failed.
+
+    `reason` is the launcher's own cause (watchdog, Ctrl-C) when no rank died.
+    """
+    died = [e for e in exits if e.died]
+    if died:
+        first = died[0]
+        phase = rank_phase(store, first.rank)
+        ranks = sorted(e.rank for e in died)
+        where = f" in phase '{phase}'" if phase else ""
+        text = "; ".join(e.describe() for e in died)
+        return Diagnosis(f"{text}{where}; the other ranks were stopped", phase, ranks)
+    phase = _first_failed_phase(store, world_size)
+    if phase is None:
+        phases = [rank_phase(store, r) for r in range(world_size)]
+        reached = [p for p in PHASES if p in phases]
+        phase = reached[-1] if reached else "init"
+    missing = missing_ranks(store, phase, world_size)
+    if missing:
+        head = f"phase '{phase}': rank(s) {format_ranks(missing)} did not arrive"
+    else:
+        head = f"phase '{phase}' failed"
+    details = [m for m in (rank_failure(store, r) for r in range(world_size)) if m]
+    if reason:
+        head += f" ({reason})"
+    elif details:
+        head += f"; first error: {details[0]}"
+    return Diagnosis(head, phase, missing)

@@ -1,0 +1,148 @@
+"""Phases of a rank's run, with a named-rank barrier at each start, timeouts and fault injection.
+
+Each rank goes through `PHASES` in order. On entering a phase it records the phase in the store,
+applies an injected fault if one targets it, and waits (at most `timeout_s`) until every rank has
+arrived. A rank that died or hung therefore stops every other rank within the timeout, and the
+error names the ranks that did not arrive, on any backend. Keys (all under `mimo/`):
+`phase/<rank>` the phase a rank is in, `arrived/<phase>/<rank>`, `count/<phase>` arrivals,
+`open/<phase>` set by the last arrival, `fail/<rank>` a rank's error.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+PHASES = ("init", "grids", "embedding", "verify")
+_FAULT_KINDS = ("kill_rank", "hang_rank")
+
+
+class PhaseError(RuntimeError):
+    """A phase could not complete; `missing` lists ranks that never arrived, where known."""
+
+    def __init__(self, phase: str, message: str, missing: list[int] | None = None):
+        super().__init__(f"phase '{phase}': {message}")
+        self.phase = phase
+        self.missing = missing
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """Make `kill_rank` die (SIGKILL) or `hang_rank` stop forever on entering `phase`."""
+
+    kill_rank: int | None = None
+    hang_rank: int | None = None
+    phase: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.kill_rank is not None or self.hang_rank is not None
+
+    def validate(self, world_size: int) -> "FaultSpec":
+        """Raise ValueError (one line) unless every field fits a world of `world_size` ranks."""
+        for kind in _FAULT_KINDS:
+            rank = getattr(self, kind)
+            if rank is None:
+                continue
+            if isinstance(rank, bool) or not isinstance(rank, int):
+                raise ValueError(f"fault.{kind} must be a rank number, got {rank!r}")
+            if not 0 <= rank < world_size:
+                raise ValueError(f"fault.{kind}={rank} is not a rank of the world "
+                                 f"[0, {world_size})")
+        if self.active and self.phase not in PHASES:
+            raise ValueError(f"fault.phase must be one of {', '.join(PHASES)} when a fault is "
+                             f"set, got {self.phase!r}")
+        return self
+
+    def apply(self, rank: int, phase: str) -> None:
+        """Die or hang here if this rank and phase are the target."""
+        if phase != self.phase:
+            return
+        if rank == self.kill_rank:
+            print(f"fault injection: rank {rank} kills itself in phase '{phase}'", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        if rank == self.hang_rank:
+            print(f"fault injection: rank {rank} hangs in phase '{phase}'", flush=True)
+            while True:
+                time.sleep(3600)
+
+
+def _key(*parts) -> str:
+    return "mimo/" + "/".join(str(p) for p in parts)
+
+
+class PhaseTracker:
+    """One rank's view of the phases; `store` is the run's rendezvous store (a TCPStore)."""
+
+    def __init__(self, store, rank: int, world_size: int, timeout_s: float,
+                 fault: FaultSpec | None = None):
+        self.store, self.rank, self.world_size = store, rank, world_size
+        self.timeout = timedelta(seconds=timeout_s)
+        self.fault = fault or FaultSpec()
+        self.current: str | None = None
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str):
+        """Enter `name` (barrier over every rank), run the body, record its duration."""
+        self.current = name
+        self.store.set(_key("phase", self.rank), name)
+        self.fault.apply(self.rank, name)
+        self._arrive(name)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - start
+
+    def _arrive(self, name: str) -> None:
+        self.store.set(_key("arrived", name, self.rank), "1")
+        if self.store.add(_key("count", name), 1) == self.world_size:
+            self.store.set(_key("open", name), "1")
+        try:
+            self.store.wait([_key("open", name)], self.timeout)
+        except Exception:  # noqa: BLE001 - the store raises its own error types on timeout
+            missing = missing_ranks(self.store, name, self.world_size) if self.rank == 0 else None
+            who = (f"rank(s) {format_ranks(missing)} did not arrive" if missing
+                   else "not every rank arrived")
+            raise PhaseError(name, f"{who} within {self.timeout.total_seconds():.0f}s",
+                             missing) from None
+
+    def record_failure(self, exc: BaseException) -> None:
+        """Leave this rank's error in the store for whoever writes the report (best effort)."""
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        try:
+            self.store.set(_key("fail", self.rank), f"{self.current}: {message}"[:500])
+        except Exception:  # noqa: BLE001 - the store may be gone with rank 0
+            pass
+
+
+def missing_ranks(store, phase: str, world_size: int) -> list[int]:
+    """Ranks that have not arrived at `phase` (one store look-up per rank: failure path only)."""
+    return [r for r in range(world_size) if not store.check([_key("arrived", phase, r)])]
+
+
+def arrivals(store, phase: str) -> int:
+    """How many ranks have arrived at `phase` so far."""
+    return int(store.add(_key("count", phase), 0))
+
+
+def rank_phase(store, rank: int) -> str | None:
+    """The phase `rank` last entered, or None if it never got that far."""
+    key = _key("phase", rank)
+    return store.get(key).decode() if store.check([key]) else None
+
+
+def rank_failure(store, rank: int) -> str | None:
+    """The error `rank` recorded, if any."""
+    key = _key("fail", rank)
+    return store.get(key).decode() if store.check([key]) else None
+
+
+def format_ranks(ranks: list[int], limit: int = 16) -> str:
+    """'3', '1, 5, 7' or '0, 1, 2, ... (40 ranks)' for long lists."""
+    if len(ranks) <= limit:
+        return ", ".join(str(r) for r in ranks)
+    return ", ".join(str(r) for r in ranks[:limit]) + f", ... ({len(ranks)} ranks)"
