@@ -32,7 +32,12 @@ def check_local_allocation(settings: LaunchSettings) -> None:
 
 
 def launch(settings: LaunchSettings) -> int:
+    """Run the job where `cluster.launcher` says; return the process exit code."""
     launcher = settings.cluster.get("launcher")
+    if launcher == "slurm":
+        from .slurm_launcher import launch_slurm
+
+        return launch_slurm(settings)
     if launcher != "local":
         print(f"mimo-launch: error: unknown cluster.launcher {launcher!r}", file=sys.stderr)
         return 2
