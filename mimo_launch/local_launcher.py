@@ -123,12 +123,18 @@ class LocalRun:
         return self.reason is None and all(e.ok for e in self.exits)
 
 
+ProgressHook = Callable[["dist.TCPStore"], None]
+_TICK_S = 0.2
+
+
 def fork_ranks(world_size: int, run_dir: Path, timeout_s: float, body: RankBody,
-               watchdog_s: float | None = None) -> LocalRun:
+               watchdog_s: float | None = None, on_tick: ProgressHook | None = None) -> LocalRun:
     """Fork `world_size` ranks running `body(rank, store)` and wait for them.
 
     When a rank ends with anything but 0 or 1, the others are stopped at once (SIGTERM, then
     SIGKILL); so they are on Ctrl-C and when `watchdog_s` (the bound on the whole run) passes.
+    `on_tick(store)` is called every 0.2 s while ranks run (progress display; `phases.py` has
+    readers for the store's keys).
     """
     run_dir = Path(run_dir)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -151,15 +157,19 @@ def fork_ranks(world_size: int, run_dir: Path, timeout_s: float, body: RankBody,
     for fd in writers:
         os.write(fd, struct.pack("!I", store.port))
         os.close(fd)
-    return _wait(pids, watchdog_s or 4 * timeout_s + 30, store)
+    return _wait(pids, watchdog_s or 4 * timeout_s + 30, store, on_tick)
 
 
-def _wait(pids: dict[int, int], watchdog_s: float, store) -> LocalRun:
+def _wait(pids: dict[int, int], watchdog_s: float, store, on_tick) -> LocalRun:
     exits: list[RankExit] = []
     reason, interrupted = None, False
     deadline = time.monotonic() + watchdog_s
+    next_tick = 0.0
     try:
         while pids:
+            if on_tick is not None and time.monotonic() >= next_tick:
+                on_tick(store)
+                next_tick = time.monotonic() + _TICK_S
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid:
                 exits.append(_exit_of(pids.pop(pid), status))
@@ -177,11 +187,12 @@ def _wait(pids: dict[int, int], watchdog_s: float, store) -> LocalRun:
     return LocalRun(exits, reason, interrupted, store)
 
 
-def launch_local(job: RankJob, watchdog_s: float | None = None) -> Report:
+def launch_local(job: RankJob, watchdog_s: float | None = None,
+                 on_tick: ProgressHook | None = None) -> Report:
     """Run `job`'s ranks here; return rank 0's report, or a failure report (also written)."""
     run = fork_ranks(job.world_size, Path(job.run_dir), job.timeout_s,
                      lambda rank, store: run_rank(job, rank, store, local_rank=rank),
-                     watchdog_s)
+                     watchdog_s, on_tick)
     report = read_report(Path(job.run_dir))
     if run.ok and report is not None:
         return report
