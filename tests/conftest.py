@@ -62,3 +62,41 @@ def world(tmp_path: Path, world_size: int, body, timeout_s: float = 60) -> list:
         pytest.fail(f"world failed: {run.reason or [e.describe() for e in run.exits]}\n"
                     f"{logs[-4000:]}")
     return [json.loads((tmp_path / f"result{r}.json").read_text()) for r in range(world_size)]
+
+
+def collect_memberships(cfg: MimoParallelismConfig):
+    """A rank body: build every module's groups and return their members as the rank sees
+    them (straight from dist.get_process_group_ranks), plus its stage flags."""
+    from mimo_launch.group_kinds import GRID_GROUPS, dims_of
+    from mimo_launch.mimo_builder import build_mimo_groups
+    import torch.distributed as dist
+
+    def ranks(group):
+        return None if group is None else sorted(dist.get_process_group_ranks(group))
+
+    def body(rank):
+        groups = build_mimo_groups(cfg)
+        out = {}
+        for mod, mg in groups.modules.items():
+            got = {kind: ranks(mg.grid.get_pg(dims_of(kind))) for kind in GRID_GROUPS}
+            got["pos_embd"], got["embd"] = ranks(mg.pos_embd), ranks(mg.embd)
+            got["first"], got["last"] = mg.is_first_stage, mg.is_last_stage
+            out[mod] = got
+        groups.destroy()
+        return out
+
+    return body
+
+
+def assert_memberships_match(results: list, cfg: MimoParallelismConfig, world_size: int):
+    """Every rank's groups and stage flags equal the oracle's."""
+    from mimo_launch.group_kinds import ALL_GROUPS
+    from mimo_launch.layout_oracle import expected_layout
+
+    exp = expected_layout(cfg, world_size)
+    for rank, got in enumerate(results):
+        for name, mod in exp.modules.items():
+            for kind in ALL_GROUPS:
+                assert got[name][kind] == mod.members(kind, rank), (rank, name, kind)
+            assert got[name]["first"] == bool(mod.first_stage[rank]), (rank, name)
+            assert got[name]["last"] == bool(mod.last_stage[rank]), (rank, name)

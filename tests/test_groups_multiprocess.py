@@ -7,14 +7,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from mimo_launch.group_kinds import ALL_GROUPS, GRID_GROUPS, dims_of
-from mimo_launch.layout_oracle import expected_layout
 from mimo_launch.local_launcher import launch_local
 from mimo_launch.mimo_builder import (build_mimo_groups, is_pp_first_stage, is_pp_last_stage,
                                       populate_embedding_and_position_groups)
 from mimo_launch.rank_runner import RankJob
 
-from conftest import layout
+from conftest import assert_memberships_match, collect_memberships, layout
 
 LAYOUTS = {
     "vlm_8": (layout(vision=dict(tp=2, dp=2), language=dict(pp=2, dp=2, offset=4)), 8),
@@ -35,26 +33,8 @@ def _ranks(group):
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_memberships_equal_the_oracle(name, tmp_path, run_world):
     cfg, world = LAYOUTS[name]
-
-    def body(rank):
-        groups = build_mimo_groups(cfg)
-        out = {}
-        for mod, mg in groups.modules.items():
-            got = {kind: _ranks(mg.grid.get_pg(dims_of(kind))) for kind in GRID_GROUPS}
-            got["pos_embd"], got["embd"] = _ranks(mg.pos_embd), _ranks(mg.embd)
-            got["first"], got["last"] = mg.is_first_stage, mg.is_last_stage
-            out[mod] = got
-        groups.destroy()
-        return out
-
-    results = run_world(tmp_path, world, body)
-    exp = expected_layout(cfg, world)
-    for rank, got in enumerate(results):
-        for mod_name, mod in exp.modules.items():
-            for kind in ALL_GROUPS:
-                assert got[mod_name][kind] == mod.members(kind, rank), (rank, mod_name, kind)
-            assert got[mod_name]["first"] == bool(mod.first_stage[rank])
-            assert got[mod_name]["last"] == bool(mod.last_stage[rank])
+    results = run_world(tmp_path, world, collect_memberships(cfg))
+    assert_memberships_match(results, cfg, world)
 
 
 @pytest.mark.timeout(120)
