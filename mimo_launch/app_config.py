@@ -26,7 +26,7 @@ MODULE_KEYS = {
     "rank_offset": "rank_offset",
 }
 DEVICES = ("auto", "cpu", "cuda")
-MODES = ("run",)
+MODES = ("run", "plan")  # plan: print the layout and draw it; start nothing
 
 
 class UsageError(ValueError):
@@ -126,6 +126,7 @@ class LaunchSettings:
     config: DictConfig
     expected: MimoParallelismConfig | None = None  # verify against this layout instead
     fault: FaultSpec = field(default_factory=FaultSpec)  # the whole composed config, for launchers that need more
+    plan: "PlanOptions" = field(default_factory=lambda: PlanOptions())  # mode=plan only
 
 
 def world_size_of(cfg: DictConfig, layout: MimoParallelismConfig) -> int:
@@ -148,15 +149,20 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def resolve_device(requested: str) -> str:
+def resolve_device(requested: str, ranks_per_machine: int) -> str:
+    """'cpu' or 'cuda'. `auto` takes GPUs only where each of the ranks this machine runs gets
+    one; an explicit `cuda` without any GPU is refused here (a count mismatch is refused by the
+    launcher, which knows how many ranks it starts)."""
     if requested not in DEVICES:
         raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {requested!r}")
     if requested == "cpu":
         return "cpu"
     gpus = gpu_count()
-    if requested == "cuda" and gpus == 0:
-        raise UsageError("device=cuda but no GPU is visible on this machine (use device=cpu)")
-    return "cuda" if gpus else "cpu"
+    if requested == "cuda":
+        if gpus == 0:
+            raise UsageError("device=cuda but no GPU is visible on this machine (use device=cpu)")
+        return "cuda"
+    return "cuda" if gpus >= ranks_per_machine else "cpu"
 
 
 def check_timeout(value) -> float:
@@ -197,8 +203,41 @@ def fault_from(node, world_size: int) -> FaultSpec:
         raise UsageError(str(exc)) from None
 
 
-def load_settings(overrides: list[str]) -> LaunchSettings:
-    """Compose, convert and validate everything; raise on the first problem."""
+@dataclass(frozen=True)
+class PlanOptions:
+    """`plan.*`: ranks whose groups to list, GPUs per node (None: the cluster's), picture."""
+
+    ranks: tuple[int, ...] = ()
+    gpus_per_node: int | None = None
+    picture: bool = True
+
+
+def plan_from(node, world_size: int) -> PlanOptions:
+    """The `plan` node, checked against a world of `world_size` ranks."""
+    data = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    unknown = sorted(set(data) - {"rank", "gpus_per_node", "picture"})
+    if unknown:
+        raise UsageError(f"plan: unknown key(s) {', '.join(unknown)} "
+                         f"(known: rank, gpus_per_node, picture)")
+    ranks = data.get("rank")
+    ranks = [] if ranks is None else ranks if isinstance(ranks, list) else [ranks]
+    for rank in ranks:
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise UsageError(f"plan.rank={rank!r} is not a rank of the world [0, {world_size})")
+    gpus = data.get("gpus_per_node")
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1):
+        raise UsageError(f"plan.gpus_per_node must be a positive integer, got {gpus!r}")
+    picture = data.get("picture", True)
+    if not isinstance(picture, bool):
+        raise UsageError(f"plan.picture must be true or false, got {picture!r}")
+    return PlanOptions(tuple(ranks), gpus, picture)
+
+
+def load_settings(overrides: list[str], fresh_dir: bool = True) -> LaunchSettings:
+    """Compose, convert and validate everything; raise on the first problem.
+
+    `fresh_dir=False` takes `hydra.run.dir` as is (every Slurm task of one job must agree on it).
+    """
     cfg = compose_config(overrides)
     if cfg.mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
@@ -206,7 +245,12 @@ def load_settings(overrides: list[str]) -> LaunchSettings:
     world = world_size_of(cfg, layout)
     layout = layout.validate(world)
     timeout_s = check_timeout(cfg.timeout_s)
-    device = resolve_device(cfg.device)
+    # On Slurm the cluster config decides (slurm_launcher), not this machine's GPUs.
+    slurm = cfg.cluster.get("launcher") == "slurm"
+    planning = cfg.mode == "plan"  # nothing runs here: do not probe this machine's GPUs
+    if planning and cfg.device not in DEVICES:
+        raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
+    device = str(cfg.device) if slurm or planning else resolve_device(cfg.device, world)
     expected = None
     if cfg.get("verify_against"):
         expected = preset_layout(str(cfg.verify_against), world)
@@ -215,9 +259,10 @@ def load_settings(overrides: list[str]) -> LaunchSettings:
                              f"{list(expected.module_parallelisms)} differ from the layout's "
                              f"{list(layout.module_parallelisms)}")
     fault = fault_from(cfg.get("fault"), world)
-    run_dir = fresh_run_dir(cfg.hydra.run.dir)
+    plan = plan_from(cfg.get("plan"), world)
+    run_dir = fresh_run_dir(cfg.hydra.run.dir) if fresh_dir else Path(cfg.hydra.run.dir).absolute()
     return LaunchSettings(layout, world, device, timeout_s, run_dir, cfg.cluster, cfg, expected,
-                          fault)
+                          fault, plan)
 
 
 __all__ = ["LaunchSettings", "MimoConfigError", "UsageError", "load_settings"]

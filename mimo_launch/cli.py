@@ -22,6 +22,8 @@ Overrides are Hydra's, e.g.:
   mimo-launch mimo.modules.language.tp=4        change one field
   mimo-launch timeout_s=120 hydra.run.dir=out   timeouts and the output directory
   mimo-launch --cfg                             print the composed config and exit
+  mimo-launch mode=plan plan.rank=5             print the layout and rank 5's groups; start
+                                                nothing (mimo=large_16k: 16,384 ranks)
 Exit codes: 0 passed, 1 mismatch, 2 bad input, 3 failure while running."""
 
 
@@ -54,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = {k: settings.config[k] for k in settings.config if k != "hydra"}
         print(OmegaConf.to_yaml(OmegaConf.create(cfg), resolve=True), end="")
         return 0
+    if settings.config.mode == "plan":  # no rank is started, torch is not even imported
+        from .artifacts import run_plan
+
+        return run_plan(settings)
     from .launch import launch
 
     return launch(settings)

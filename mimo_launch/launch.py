@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from .app_config import LaunchSettings, UsageError
-from .report import format_summary
 from .rank_runner import RankJob
 
 
@@ -37,7 +36,11 @@ def launch(settings: LaunchSettings) -> int:
     if launcher == "slurm":
         from .slurm_launcher import launch_slurm
 
-        return launch_slurm(settings)
+        code = launch_slurm(settings)
+        from .artifacts import artifacts_after
+
+        artifacts_after(settings)
+        return code
     if launcher != "local":
         print(f"mimo-launch: error: unknown cluster.launcher {launcher!r}", file=sys.stderr)
         return 2
@@ -51,7 +54,12 @@ def launch(settings: LaunchSettings) -> int:
     print(f"mimo-launch: {settings.world_size} ranks on this machine "
           f"({'NCCL on GPUs' if settings.device == 'cuda' else 'gloo on CPU'}); "
           f"output in {settings.run_dir}", flush=True)
-    report = launch_local(rank_job(settings))
-    print(format_summary(report))
-    print(f"report: {settings.run_dir / 'report.json'}")
+    from .artifacts import finish_run
+    from .console import PhaseProgress
+    from .rankmap import warm_up
+
+    with PhaseProgress(settings.world_size, on_first_tick=warm_up) as progress:
+        report = launch_local(rank_job(settings), on_tick=progress)
+        progress.finish(report)
+    finish_run(settings, report)  # verdict, then report.md and the rank map
     return report.exit_code

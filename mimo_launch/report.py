@@ -79,16 +79,38 @@ def read_report(run_dir: Path) -> Report | None:
     return Report.from_dict(json.loads(path.read_text()))
 
 
-def format_summary(report: Report, max_mismatches: int = 20) -> str:
-    """A plain-text summary: verdict, one line per module, phase times, first mismatches."""
+CHECKS = ("members", "consistency", "collective", "stage")  # verify.Mismatch.check values
+
+
+def verdict_line(report: Report) -> str:
     verdict = "PASSED" if report.passed and not report.failure else "FAILED"
-    lines = [f"mimo-launch verification {verdict}: world size {report.world_size}, "
-             f"backend {report.backend}"]
-    for name, info in report.modules.items():
-        shape = " ".join(f"{k.upper()}{v}" for k, v in info["shape"].items())
-        lines.append(f"  module {name:<12} ranks [{info['first_rank']}, {info['end_rank']})"
-                     f"  {shape}")
-    if report.timings:
+    return (f"mimo-launch verification {verdict}: world size {report.world_size}, "
+            f"backend {report.backend}")
+
+
+def module_checks(report: Report) -> dict[str, dict[str, int]]:
+    """Per module, the number of mismatches of each check; {} when verification never ran."""
+    if report.failure and not report.mismatches:
+        return {}
+    out = {name: dict.fromkeys(CHECKS, 0) for name in report.modules}
+    for mm in report.mismatches:
+        counts = out.setdefault(mm["module"], dict.fromkeys(CHECKS, 0))
+        counts[mm["check"]] = counts.get(mm["check"], 0) + 1
+    return out
+
+
+def checks_text(counts: dict[str, int] | None) -> str:
+    """'checks passed', 'checks FAILED: members 3' or 'checks not run'."""
+    if counts is None:
+        return "checks not run"
+    bad = [f"{check} {n}" for check, n in counts.items() if n]
+    return "checks FAILED: " + ", ".join(bad) if bad else "checks passed"
+
+
+def detail_lines(report: Report, max_mismatches: int = 20, timings: bool = True) -> list[str]:
+    """Phase times, group-call count, the failure and the first mismatches, as plain lines."""
+    lines = []
+    if report.timings and timings:
         times = "  ".join(f"{k} {v:.3f}s" for k, v in report.timings.items())
         lines.append(f"  timings: {times}")
     if report.new_group_calls is not None:
@@ -104,4 +126,17 @@ def format_summary(report: Report, max_mismatches: int = 20) -> str:
                          f"({mm['check']}): expected {mm['expected']}, actual {mm['actual']}")
         if len(report.mismatches) > max_mismatches:
             lines.append(f"    ... {len(report.mismatches) - max_mismatches} more in report.json")
+    return lines
+
+
+def format_summary(report: Report, max_mismatches: int = 20) -> str:
+    """A plain-text summary: verdict, one line per module (with its checks), phase times,
+    the failure and the first mismatches."""
+    lines = [verdict_line(report)]
+    checks = module_checks(report)
+    for name, info in report.modules.items():
+        shape = " ".join(f"{k.upper()}{v}" for k, v in info["shape"].items())
+        lines.append(f"  module {name:<12} ranks [{info['first_rank']}, {info['end_rank']})"
+                     f"  {shape}  {checks_text(checks.get(name))}")
+    lines.extend(detail_lines(report, max_mismatches))
     return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""`mode=plan`, and the files every run leaves beside report.json (report.md, the rank map).
+
+`run_plan(settings)` prints the plan and draws `plan.png`/`plan.svg` into the run directory;
+no rank is started. `finish_run(settings, report)` prints the verdict, then writes `report.md`
+and `rankmap.png`/`.svg` (ranks that failed or have a mismatch in red) and names them. A
+picture that cannot be drawn is a warning, never a different exit code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from .app_config import LaunchSettings
+from .plan import Plan, format_plan, make_plan, ranks_per_node
+from .report import Report, read_report
+from .report_md import write_report_md
+
+RANKMAP_STEM = "rankmap"
+PLAN_STEM = "plan"
+
+
+def plan_for(settings: LaunchSettings) -> Plan:
+    """The settings' layout laid out on nodes of `plan.gpus_per_node` or the cluster's GPUs."""
+    per_node = ranks_per_node(settings.cluster, settings.plan.gpus_per_node)
+    return make_plan(settings.layout, settings.world_size, per_node)
+
+
+def bad_ranks(report: Report) -> dict[int, str]:
+    """Ranks to draw red, with why: blamed for a failure ('FAILED') or with a mismatch."""
+    bad = {int(m["rank"]): "mismatch" for m in report.mismatches}
+    bad.update(dict.fromkeys((int(r) for r in report.failed_ranks), "FAILED"))
+    return dict(sorted(bad.items()))
+
+
+def with_modules(report: Report, plan: Plan) -> Report:
+    """`report`, with the modules filled in from the plan where the run recorded none (a rank
+    died before rank 0 wrote anything)."""
+    if report.modules:
+        return report
+    modules = {name: {"shape": dict(mod.shape), "first_rank": mod.first_rank,
+                      "end_rank": mod.end_rank} for name, mod in plan.modules.items()}
+    return dataclasses.replace(report, modules=modules)
+
+
+def _draw(plan: Plan, stem: Path, **kw) -> list[Path]:
+    try:
+        from .rankmap import draw_rankmap
+
+        return draw_rankmap(plan, stem, **kw)
+    except Exception as exc:  # noqa: BLE001 - the picture is a convenience, not the verdict
+        print(f"mimo-launch: warning: no rank map ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
+        return []
+
+
+def run_plan(settings: LaunchSettings) -> int:
+    """Print the plan (and draw it unless `plan.picture=false`); start nothing; return 0."""
+    plan = plan_for(settings)
+    print(format_plan(plan, list(settings.plan.ranks)), flush=True)
+    if settings.plan.picture:
+        start = time.perf_counter()
+        paths = _draw(plan, settings.run_dir / PLAN_STEM,
+                      title=f"plan: {settings.world_size} ranks, {plan.nodes} node(s) x "
+                            f"{plan.ranks_per_node} GPUs")
+        if paths:
+            print(f"rank map: {paths[0]} (and .svg; {time.perf_counter() - start:.1f}s)")
+    return 0
+
+
+def write_artifacts(settings: LaunchSettings, report: Report, plan: Plan | None = None,
+                    picture: bool = True) -> list[Path]:
+    """Write report.md (linking the picture) and the rank map; return the paths written."""
+    plan = plan or plan_for(settings)
+    report = with_modules(report, plan)
+    run_dir = Path(settings.run_dir)
+    link = f"{RANKMAP_STEM}.png" if picture else None
+    written = [write_report_md(run_dir, report, link, plan)]
+    if picture:
+        ok = report.passed and not report.failure
+        title = (f"run {'PASSED' if ok else 'FAILED'}: {report.world_size} ranks, "
+                 f"backend {report.backend}")
+        written += _draw(plan, run_dir / RANKMAP_STEM, failed=bad_ranks(report), title=title,
+                         hosts=report.hosts or None)
+    return written
+
+
+def finish_run(settings: LaunchSettings, report: Report) -> None:
+    """After a local run: the verdict first, then report.md and the rank map."""
+    from .console import print_final
+
+    plan = plan_for(settings)
+    print_final(with_modules(report, plan), plan)
+    print(f"report: {Path(settings.run_dir) / 'report.json'}", flush=True)
+    paths = write_artifacts(settings, report, plan)
+    print(f"report.md: {paths[0]}")
+    if len(paths) > 1:
+        print(f"rank map: {paths[1]} (and .svg)")
+
+
+def artifacts_after(settings: LaunchSettings) -> None:
+    """After a launcher that printed its own verdict (Slurm): the files, if a report exists."""
+    report = read_report(Path(settings.run_dir))
+    if report is None:
+        return
+    paths = write_artifacts(settings, report)
+    print(f"report.md: {paths[0]}" + (f"; rank map: {paths[1]}" if len(paths) > 1 else ""))
+
+
+__all__ = ["run_plan", "finish_run", "write_artifacts", "artifacts_after", "plan_for",
+           "bad_ranks"]

@@ -1,0 +1,181 @@
+"""What every run leaves beside report.json: report.md and the rank map (PNG + SVG), read back
+with Pillow; and the console's progress lines and final table."""
+
+import json
+import re
+import time
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from conftest import REPO, layout, run_cli
+from mimo_launch.app_config import layout_from
+from mimo_launch.console import PhaseProgress, print_final
+from mimo_launch.plan import make_plan
+from mimo_launch.rankmap import FAIL_COLOUR, MODULE_COLOURS, draw_rankmap, figure_size
+from mimo_launch.report import Report
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of True."""
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+def _rgb(colour: str) -> tuple[int, ...]:
+    return tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def _mask(png, colour: str) -> np.ndarray:
+    img = np.asarray(Image.open(png).convert("RGB"))
+    return np.all(img == _rgb(colour), axis=-1)
+
+
+def count_cells(png, colour: str) -> int:
+    """Rectangles filled with exactly `colour`: bands of rows holding it, then runs of columns
+    within each band (cells are separated by white gaps; text inside a cell does not split it)."""
+    mask = _mask(png, colour)
+    return sum(len(_runs(mask[r0:r1].any(axis=0))) for r0, r1 in _runs(mask.any(axis=1)))
+
+
+def _plan_of(preset: str, per_node: int = 8):
+    path = REPO / "conf" / "mimo" / f"{preset}.yaml"
+    return make_plan(layout_from(OmegaConf.load(path)), OmegaConf.load(path).world_size, per_node)
+
+
+def test_count_cells_can_fail(tmp_path):
+    """The counter sees what is drawn: a 2-module picture has 4+1 cells of each colour, and
+    none of red."""
+    plan = make_plan(layout(vision=dict(tp=2, dp=2), language=dict(pp=2, dp=2, offset=4)), 8)
+    png, _ = draw_rankmap(plan, tmp_path / "map")
+    assert count_cells(png, MODULE_COLOURS[0]) == 5
+    assert count_cells(png, MODULE_COLOURS[1]) == 5
+    assert count_cells(png, FAIL_COLOUR) == 0
+    assert count_cells(png, MODULE_COLOURS[2]) == 0
+
+
+@pytest.mark.timeout(240)
+def test_a_passing_run_writes_report_md_and_the_rank_map(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for fragment in ("init (rendezvous): all 8 ranks arrived", "verification: all 8 ranks",
+                     "checks passed", f"report.md: {out / 'report.md'}",
+                     f"rank map: {out / 'rankmap.png'}"):
+        assert fragment in proc.stdout, proc.stdout
+    assert "\x1b[" not in proc.stdout  # plain text off a terminal
+    md = (out / "report.md").read_text()
+    assert md.startswith("# mimo-launch verification PASSED") and "![rank map](rankmap.png)" in md
+    assert "| vision | [0, 4) | 2 | 1 | 1 | 1 | 2 |" in md and "## Mismatches (0)" in md
+    png, svg = out / "rankmap.png", out / "rankmap.svg"
+    assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()
+    assert Image.open(png).size == figure_size(_plan_of("vlm_8"))
+    # 4 vision + 4 language ranks, each colour once more in the legend; nothing red
+    assert count_cells(png, MODULE_COLOURS[0]) == 5
+    assert count_cells(png, MODULE_COLOURS[1]) == 5
+    assert count_cells(png, FAIL_COLOUR) == 0
+
+
+@pytest.mark.timeout(240)
+def test_a_run_with_mismatches_lists_them_all_in_report_md(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("mimo=colocated_8", "verify_against=vlm_8", f"hydra.run.dir={out}",
+                   cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    md = (out / "report.md").read_text()
+    rows = [ln for ln in md.splitlines() if re.match(r"\| \d+ \| (vision|language) \|", ln)]
+    assert len(rows) == len(report["mismatches"]) > 20  # all of them, not the console's 20
+    first = report["mismatches"][0]
+    assert (f"| {first['rank']} | {first['module']} | {first['group']} | {first['check']} | "
+            f"{first['expected']} | {first['actual']} |") in md
+    assert f"## Mismatches ({len(report['mismatches'])})" in md and "**FAILED** (exit code 1)" in md
+    bad = {m["rank"] for m in report["mismatches"]}
+    assert count_cells(out / "rankmap.png", FAIL_COLOUR) == len(bad) + 1  # + legend
+
+
+@pytest.mark.timeout(240)
+def test_a_failed_runs_picture_marks_the_failing_rank(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("fault.kill_rank=3", "fault.phase=grids", "timeout_s=3",
+                   f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "checks not run" in proc.stdout
+    md = (out / "report.md").read_text()
+    assert "## Failure" in md and "rank(s): 3." in md and "killed by signal SIGKILL" in md
+    png = out / "rankmap.png"
+    assert Image.open(png).size == figure_size(_plan_of("vlm_8"), failures=True)
+    assert count_cells(png, FAIL_COLOUR) == 2  # rank 3's cell and the legend's swatch
+    # the red cell is the 4th of the 8 cells of the node's row (GPU 3)
+    red = _mask(png, FAIL_COLOUR)
+    cells = _mask(png, MODULE_COLOURS[0]) | _mask(png, MODULE_COLOURS[1]) | red
+    grid_rows = _runs(cells.any(axis=1))[-1]
+    columns = _runs(cells[grid_rows[0]:grid_rows[1]].any(axis=0))
+    red_cols = _runs(red[grid_rows[0]:grid_rows[1]].any(axis=0))
+    assert len(columns) == 8 and red_cols == [columns[3]]
+
+
+@pytest.mark.timeout(120)
+def test_a_16k_rank_map_is_aggregated_by_node(tmp_path):
+    plan = _plan_of("large_16k")
+    start = time.perf_counter()
+    png, svg = draw_rankmap(plan, tmp_path / "big", failed=[12345])
+    elapsed = time.perf_counter() - start
+    assert elapsed < 30, elapsed
+    width, height = Image.open(png).size
+    assert (width, height) == figure_size(plan, failures=True) and max(width, height) < 4000
+    # 2048 nodes: 1024 per module, one node red (rank 12345 is on node 1543)
+    assert count_cells(png, MODULE_COLOURS[0]) == 1024 + 1
+    assert count_cells(png, MODULE_COLOURS[1]) == 1024 + 1
+    assert count_cells(png, FAIL_COLOUR) == 1 + 1
+    assert svg.stat().st_size < 5_000_000
+
+
+def test_a_colocated_picture_has_one_band_per_module_in_every_cell(tmp_path):
+    png, _ = draw_rankmap(_plan_of("colocated_8"), tmp_path / "co", failed={5: "mismatch"})
+    # 8 cells, each with a vision and a language band (rank 5's as a strip under the red)
+    assert count_cells(png, MODULE_COLOURS[0]) == 8 + 1
+    assert count_cells(png, MODULE_COLOURS[1]) == 8 + 1
+    assert count_cells(png, FAIL_COLOUR) == 1 + 1
+
+
+class _FakeStore:
+    def __init__(self, counts):
+        self.counts = counts
+
+    def add(self, key, amount):
+        return self.counts.get(key.split("/")[-1], 0)
+
+
+def test_plain_progress_prints_one_line_per_completed_phase(capsys):
+    progress = PhaseProgress(4, rich=False)
+    with progress:
+        progress(_FakeStore({"init": 4, "grids": 2}))
+        progress(_FakeStore({"init": 4, "grids": 4}))
+        progress(_FakeStore({"init": 4, "grids": 4, "embedding": 4}))
+        progress.finish(Report(passed=True, world_size=4, backend="gloo"))
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split("] ")[1] for ln in lines] == [
+        "init (rendezvous): all 4 ranks arrived", "grids: all 4 ranks arrived",
+        "embedding groups: all 4 ranks arrived", "verification: all 4 ranks arrived"]
+
+
+def test_final_table_on_a_terminal_and_plain_text_elsewhere(capsys):
+    report = Report(passed=False, world_size=8, backend="gloo",
+                    mismatches=[{"rank": 2, "module": "language", "group": "pp",
+                                 "check": "members", "expected": [0, 2], "actual": [2]}],
+                    timings={"init": 0.1, "grids": 0.2},
+                    modules={"language": {"shape": {"tp": 2, "cp": 1, "etp": 1, "pp": 2,
+                                                    "dp": 2}, "first_rank": 0, "end_rank": 8}})
+    print_final(report, rich=True)
+    out = capsys.readouterr().out
+    assert "language" in out and "failed: members 1" in out and "phase times" in out
+    assert "rank 2 module language group pp (members)" in out
+    print_final(report, rich=False)
+    out = capsys.readouterr().out
+    assert "module language     ranks [0, 8)  TP2 CP1 ETP1 PP2 DP2  checks FAILED: members 1" \
+        in out and "┃" not in out
+
