@@ -17,6 +17,11 @@ def rank_job(settings: LaunchSettings) -> RankJob:
 
 def check_local_allocation(settings: LaunchSettings) -> None:
     """The ranks this machine will start must be the layout's world (and fit its GPUs)."""
+    limit = settings.cluster.get("max_ranks")
+    if limit is not None and settings.world_size > limit:
+        raise UsageError(f"cluster=local starts one process per rank: {settings.world_size} ranks "
+                         f"exceed cluster.max_ranks={limit} (mode=plan shows the layout; run it "
+                         f"on a cluster)")
     nproc = settings.cluster.get("nproc")
     if nproc is not None and nproc != settings.world_size:
         raise UsageError(f"cluster.nproc={nproc} ranks but the layout's world size is "

@@ -37,6 +37,7 @@ CASES = {
     "dp missing when not colocated": (["mimo.modules.vision.dp=null"],
                                       ["'vision'", "must be given", "model-parallel size=2"]),
     "world size zero": (["mimo.world_size=0"], ["mimo.world_size", "got 0"]),
+    "world too large to run locally": (["mimo=large_16k"], ["16384", "cluster.max_ranks=256"]),
     "allocation differs (local)": (["cluster.nproc=4"], ["cluster.nproc=4", "world size is 8"]),
     "GPUs where there are none": (["device=cuda"], ["device=cuda", "no GPU"]),
     "unknown device": (["device=tpu"], ["device", "'tpu'"]),
