@@ -23,7 +23,7 @@ from typing import Callable
 import torch.distributed as dist
 
 from .diagnosis import RankExit, diagnose
-from .rank_runner import RankJob, run_rank
+from .rank_runner import RankJob, module_summary, run_rank
 from .report import Report, read_report, write_report
 
 EXIT_FAILURE = 3
@@ -209,7 +209,8 @@ def _failure_report(job: RankJob, run: LocalRun, partial: Report | None) -> Repo
         log_tail = tail(log_path(run_dir, rank))
         if log_tail:
             message += f"\nlast lines of {log_path(run_dir, rank)}:\n{log_tail}"
-    report = partial or Report(passed=False, world_size=job.world_size, backend=job.backend)
+    report = partial or Report(passed=False, world_size=job.world_size, backend=job.backend,
+                               modules=module_summary(job.layout.validate(job.world_size)))
     report.passed = False
     report.failure = message
     report.failed_phase = diagnosis.phase

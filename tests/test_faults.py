@@ -46,6 +46,7 @@ def test_a_rank_that_dies_or_hangs_is_named_with_its_phase(kind, rank, phase, tm
     report = json.loads((run_dir / "report.json").read_text())
     assert report["passed"] is False
     assert report["failed_phase"] == phase and report["failed_ranks"] == [rank], report
+    assert list(report["modules"]) == ["vision", "language"]  # the layout is never lost
     assert f"rank {rank}" in report["failure"] or f"rank(s) {rank}" in report["failure"]
     assert phase in proc.stdout and "FAILED" in proc.stdout
     assert _wait_gone(run_dir) == []
