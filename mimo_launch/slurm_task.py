@@ -1,0 +1,236 @@
+"""One Slurm task is one rank: rendezvous from Slurm's variables, then the local ranks' code path.
+
+`run_task(job)` is what submitit runs in every task of the job `slurm_launcher` submits.
+`python -m mimo_launch.slurm_task [OVERRIDE ...]` is the same for sbatch scripts: it composes the
+config like `mimo-launch` (same overrides; `hydra.run.dir` is taken as is so that every task
+agrees on it, default `outputs/slurm-<job id>`), checks that the allocation has the layout's
+world size (exit 2), runs the rank, and rank 0 prints the report. Exit codes: rank 0 the
+report's (0 pass, 1 mismatch), other ranks 0 once they are done; 3 on a failure, every rank.
+
+Both take rank, world size and local rank from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, the
+master address from the first node of SLURM_JOB_NODELIST and the port from the job id (an
+inherited MASTER_ADDR / MASTER_PORT is overwritten, not read), bind to GPU `local_rank` with
+nccl, and call `rank_runner.run_rank`. SIGTERM (scancel, or a task that failed under
+`--kill-on-bad-exit=1`) ends a task at once with code 3; rank 0 first writes each rank's phase
+to phases.json and a diagnosis to report.json, unless a report is already there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 3
+PORT_BASE = 20000
+PORT_SPAN = 20000
+# Written by rank 0 when Slurm stops the step: the phase each rank had entered, by rank.
+PHASES_NAME = "phases.json"
+
+
+@dataclass(frozen=True)
+class SlurmRank:
+    """Where this task sits in its job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    job_id: int
+    master_addr: str
+    master_port: int
+
+
+def first_node(nodelist: str) -> str:
+    """The first host of a Slurm node list ('n[1-2],gpu7' -> 'n1'), via scontrol if present."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                             text=True, timeout=30, check=True).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    match = re.match(r"([^,\[]+)(?:\[(\d+))?", nodelist)  # fallback: prefix + first number
+    if not match:
+        raise RuntimeError(f"cannot read the first node of SLURM_JOB_NODELIST={nodelist!r}")
+    return match.group(1) + (match.group(2) or "")
+
+
+def master_port(job_id: int) -> int:
+    """A port derived from the job id, so concurrent jobs on shared nodes do not collide."""
+    override = os.environ.get("MIMO_MASTER_PORT")
+    return int(override) if override else PORT_BASE + job_id % PORT_SPAN
+
+
+def slurm_rank(env=None) -> SlurmRank:
+    """This task's place from Slurm's variables; RuntimeError outside a Slurm task."""
+    env = os.environ if env is None else env
+    missing = [k for k in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_JOB_ID", "SLURM_JOB_NODELIST")
+               if k not in env]
+    if missing:
+        raise RuntimeError(f"not inside a Slurm task ({', '.join(missing)} not set): run this "
+                           f"through srun, or use mimo-launch")
+    job_id = int(env["SLURM_JOB_ID"])
+    return SlurmRank(rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
+                     local_rank=int(env.get("SLURM_LOCALID", 0)), job_id=job_id,
+                     master_addr=first_node(env["SLURM_JOB_NODELIST"]),
+                     master_port=master_port(job_id))
+
+
+def export_env(me: SlurmRank) -> None:
+    """torchrun-style variables for anything downstream; inherited values are replaced."""
+    os.environ.update(MASTER_ADDR=me.master_addr, MASTER_PORT=str(me.master_port),
+                      RANK=str(me.rank), WORLD_SIZE=str(me.world_size),
+                      LOCAL_RANK=str(me.local_rank))
+
+
+def gpu_index(local_rank: int) -> int:
+    """The GPU of this task: its local rank, or 0 when Slurm shows each task one GPU only."""
+    import torch
+
+    count = torch.cuda.device_count()
+    return local_rank if local_rank < count else local_rank % max(count, 1)
+
+
+def task_device(requested: str) -> str:
+    """'auto' -> cuda where this node shows a GPU, else cpu (sbatch path only)."""
+    if requested in ("cpu", "cuda"):
+        return requested
+    if requested != "auto":
+        raise ValueError(f"device must be one of auto, cpu, cuda, got {requested!r}")
+    from .app_config import gpu_count
+
+    return "cuda" if gpu_count() else "cpu"
+
+
+class _StopOnSigterm:
+    """End the task with EXIT_FAILURE on SIGTERM, even while the main thread sits in C++.
+
+    The signal's number arrives on a wakeup fd read by a thread; on rank 0 that thread first
+    diagnoses the run through its own store client and writes report.json if none exists.
+    """
+
+    def __init__(self, job, me: SlurmRank):
+        self.job, self.me, self.probe = job, me, None
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.signal(signal.SIGTERM, lambda *_: None)  # a Python handler: feeds the wakeup fd
+        signal.set_wakeup_fd(write_fd)
+        threading.Thread(target=self._watch, args=(read_fd,), daemon=True,
+                         name="mimo-sigterm").start()
+
+    def connect(self) -> None:
+        """Rank 0: a second client of its own store, usable while the main one is blocked."""
+        if self.me.rank != 0:
+            return
+        import torch.distributed as dist
+
+        self.probe = dist.TCPStore(self.me.master_addr, self.me.master_port,
+                                   self.me.world_size, is_master=False,
+                                   timeout=timedelta(seconds=10))
+
+    def _watch(self, fd: int) -> None:
+        while signal.SIGTERM not in os.read(fd, 64):
+            pass
+        try:
+            print(f"rank {self.me.rank}: SIGTERM from Slurm, stopping", flush=True)
+            if self.probe is not None:
+                self._report()
+        except BaseException:  # noqa: BLE001 - the diagnosis is best effort; exit anyway
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_FAILURE)
+
+    def _report(self) -> None:
+        from .diagnosis import diagnose
+        from .rank_runner import module_summary
+        from .phases import rank_phase
+        from .report import Report, read_report, write_json_atomic, write_report
+
+        run_dir = Path(self.job.run_dir)
+        write_json_atomic(run_dir / PHASES_NAME, {
+            str(r): rank_phase(self.probe, r) for r in range(self.job.world_size)})
+        if read_report(run_dir) is not None:
+            return
+        found = diagnose(self.probe, self.job.world_size, [],
+                         "Slurm stopped the job step: a task ended early or the job was "
+                         "cancelled")
+        write_report(run_dir, Report(
+            passed=False, world_size=self.job.world_size, backend=self.job.backend,
+            modules=module_summary(self.job.layout.validate(self.job.world_size)),
+            failure=found.message, failed_phase=found.phase, failed_ranks=found.ranks))
+
+
+def run_task(job) -> int:
+    """Run this Slurm task as rank SLURM_PROCID of `job` (a RankJob); return run_rank's code.
+
+    Raises on failure, like run_rank. The allocation must have `job.world_size` tasks.
+    """
+    from .rank_runner import run_rank, tcp_store
+
+    me = slurm_rank()
+    if me.world_size != job.world_size:
+        raise RuntimeError(f"the job has {me.world_size} tasks but the layout's world size is "
+                           f"{job.world_size}")
+    export_env(me)
+    stopper = _StopOnSigterm(job, me)
+    store = tcp_store(me.rank, me.world_size, me.master_addr, me.master_port, job.timeout_s)
+    stopper.connect()
+    local = gpu_index(me.local_rank) if job.device == "cuda" else me.local_rank
+    return run_rank(job, me.rank, store, local_rank=local)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The sbatch entry point (see the module docstring); returns the task's exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        me = slurm_rank()
+    except RuntimeError as exc:
+        print(f"mimo_launch.slurm_task: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        args.append(f"hydra.run.dir=outputs/slurm-{me.job_id}")
+    from .app_config import UsageError, load_settings
+    from .mimo_config import MimoConfigError
+
+    def usage(message: str) -> int:
+        if me.rank == 0:
+            print(f"mimo_launch.slurm_task: error: {message}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+
+    try:
+        settings = load_settings(args, fresh_dir=False)
+        device = task_device(settings.device)
+    except (UsageError, MimoConfigError, ValueError) as exc:
+        return usage(str(exc))
+    if settings.world_size != me.world_size:
+        return usage(f"the allocation has {me.world_size} tasks (SLURM_NTASKS: nodes x "
+                     f"ntasks-per-node) but the layout's world size is {settings.world_size}")
+    from .launch import rank_job
+    from .report import format_summary, read_report
+
+    job = replace(rank_job(settings), device=device)
+    try:
+        code = run_task(job)
+    except Exception:  # noqa: BLE001 - every failure is in this task's log, exit 3
+        traceback.print_exc()
+        code = EXIT_FAILURE
+    if me.rank == 0:
+        report = read_report(settings.run_dir)
+        if report is not None:
+            print(format_summary(report))
+        print(f"report: {settings.run_dir / 'report.json'}", flush=True)
+    return code if me.rank == 0 or code == EXIT_FAILURE else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Slurm: submission through submitit and the sbatch script, on the real local cluster.
+
+Tests marked `slurm` need root: a session fixture runs `slurm/local/start.sh` (n1..n4, 4 CPUs
+each) and stops the cluster at the end only if this session started it. The unmarked tests
+(Slurm variables, allocation checks, the sbatch header) need no Slurm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from mimo_launch.app_config import UsageError, load_settings
+from mimo_launch.slurm_launcher import allocation, task_errors
+from mimo_launch.slurm_task import first_node, master_port, slurm_rank
+
+from conftest import MIMO_LAUNCH, REPO
+
+SBATCH_SCRIPT = REPO / "slurm" / "mimo_launch.sbatch"
+
+
+# --- no Slurm needed ------------------------------------------------------------------------
+
+def test_slurm_variables_decide_the_rendezvous_not_an_inherited_master_addr():
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "41",
+           "SLURM_JOB_NODELIST": "gpu[07-08],gpu11", "MASTER_ADDR": "elsewhere",
+           "MASTER_PORT": "1"}
+    me = slurm_rank(env)
+    assert (me.rank, me.world_size, me.local_rank) == (5, 8, 1)
+    assert me.master_addr == "gpu07" and me.master_port == master_port(41) == 20041
+    assert first_node("n1") == "n1"
+    with pytest.raises(RuntimeError, match="not inside a Slurm task"):
+        slurm_rank({})
+
+
+def _settings(*overrides):
+    return load_settings(["cluster=slurm", *overrides])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["cluster.nodes=3", "cluster.gpus_per_node=4"],
+     "cluster.nodes=3 x cluster.tasks_per_node=4 = 12 tasks but the layout's world size is 8"),
+    (["cluster.tasks_per_node=2"],
+     "cluster.tasks_per_node=2 but cluster.gpus_per_node=8"),
+    (["cluster.gpus_per_node=0"], "give cluster.tasks_per_node"),
+    (["cluster.gpus_per_node=0", "cluster.tasks_per_node=3"],
+     "world size 8 is not a multiple of cluster.tasks_per_node=3"),
+    (["cluster.gpus_per_node=0", "cluster.tasks_per_node=4", "device=cuda"],
+     "device=cuda but cluster.gpus_per_node=0"),
+])
+def test_allocation_that_does_not_fit_the_layout_is_refused(overrides, message):
+    with pytest.raises(UsageError) as err:
+        allocation(_settings(*overrides))
+    assert message in str(err.value)
+
+
+def test_device_comes_from_the_cluster_config_not_the_login_node():
+    assert allocation(_settings()).device == "cuda"  # 8 GPUs per node, none here
+    alloc = allocation(_settings("mimo=vlm_16", "cluster=local_slurm"))
+    assert (alloc.nodes, alloc.tasks_per_node, alloc.device) == (4, 4, "cpu")
+
+
+def test_sbatch_header_agrees_with_the_default_layout():
+    header = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", SBATCH_SCRIPT.read_text(), re.M))
+    tasks = int(header["nodes"]) * int(header["ntasks-per-node"])
+    assert tasks == load_settings(["cluster=local_slurm"]).world_size
+    assert "--kill-on-bad-exit=1" in SBATCH_SCRIPT.read_text()
+
+
+def test_srun_task_errors_are_parsed(tmp_path):
+    log = tmp_path / "1_0_log.err"
+    log.write_text("srun: error: n1: task 3: Killed\n"
+                   "srun: error: n2: tasks 4-5,7: Exited with exit code 3\n")
+    assert task_errors(log) == [("n1", [3], "Killed"), ("n2", [4, 5, 7], "Exited with exit code 3")]
+
+
+# --- the local Slurm cluster ----------------------------------------------------------------
+
+def _controller_up() -> bool:
+    try:
+        return subprocess.run(["scontrol", "ping"], capture_output=True, text=True,
+                              timeout=10).stdout.count("UP") > 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The local cluster of slurm/local/, started if needed; stopped at the end if started here."""
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm cluster needs root (slurm/local/start.sh)")
+    was_up = _controller_up()
+    proc = subprocess.run(["bash", str(REPO / "slurm" / "local" / "start.sh")],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"slurm/local/start.sh failed:\n{proc.stdout}\n{proc.stderr}")
+    yield
+    if not was_up:
+        subprocess.run(["bash", str(REPO / "slurm" / "local" / "stop.sh")],
+                       capture_output=True, timeout=120)
+
+
+def _cli(*args, cwd: Path, timeout: float = 150, **env) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **env)
+    return subprocess.run([str(MIMO_LAUNCH), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _job_id(stdout: str) -> str:
+    match = re.search(r"submitted job (\d+)", stdout)
+    assert match, stdout
+    return match.group(1)
+
+
+def _gone(job_id: str, run_dir: Path, within_s: float = 10) -> bool:
+    """The job left the queue and no process names the run directory."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        queued = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True,
+                                text=True).stdout.strip()
+        procs = [ln for ln in subprocess.run(["pgrep", "-af", str(run_dir)], capture_output=True,
+                                             text=True).stdout.splitlines() if "pgrep" not in ln]
+        if not queued and not procs:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _last_job_id() -> int:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-a", "-o", "JobID", "-S", "now-1days"],
+                         capture_output=True, text=True).stdout.split()
+    queued = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    ids = [int(x) for x in out + queued.split() if x.isdigit()]
+    return max(ids, default=0)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("preset,nodes", [("vlm_8", 2), ("vlm_16", 4)])
+def test_layout_spreads_over_the_nodes(slurm_cluster, preset, nodes, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _cli("cluster=local_slurm", f"mimo={preset}", f"hydra.run.dir={run_dir}",
+                cwd=tmp_path, MASTER_ADDR="inherited.invalid", MASTER_PORT="1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"job \d+ (PENDING|RUNNING)", proc.stdout), proc.stdout
+    assert "PASSED" in proc.stdout and f"report: {run_dir / 'report.json'}" in proc.stdout
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["passed"] and report["world_size"] == 4 * nodes
+    assert report["hosts"] == [f"n{n}" for n in range(1, nodes + 1) for _ in range(4)]
+    assert _gone(_job_id(proc.stdout), run_dir)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(150)
+def test_sbatch_script_runs_the_same_entry_point(slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, MIMO_PYTHON=sys.executable, MIMO_RUN_DIR=str(run_dir))
+    job_id = subprocess.run(["sbatch", "--parsable", str(SBATCH_SCRIPT), "cluster=local_slurm"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True,
+                            check=True).stdout.strip().split(";")[0]
+    while subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True,
+                         text=True).stdout.strip():
+        time.sleep(0.5)
+    output = (tmp_path / f"mimo-launch-{job_id}.out").read_text()
+    assert "mimo-launch verification PASSED: world size 8" in output, output
+    assert f"report: {run_dir / 'report.json'}" in output
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["hosts"] == ["n1"] * 4 + ["n2"] * 4
+    logs = sorted(p.name for p in (run_dir / "logs").iterdir())
+    assert logs == [f"rank{r}.log" for r in range(8)]
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(150)
+def test_failed_verification_exits_1(slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _cli("cluster=local_slurm", "mimo=colocated_8", "verify_against=vlm_8",
+                f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "mismatch" in proc.stdout
+    assert json.loads((run_dir / "report.json").read_text())["mismatches"]
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(120)
+def test_killed_rank_is_named_with_its_phase_and_slurm_state(slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    start = time.monotonic()
+    proc = _cli("cluster=local_slurm", "fault.kill_rank=3", "fault.phase=grids", "timeout_s=20",
+                f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert elapsed < 60, elapsed
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["failed_phase"] == "grids" and report["failed_ranks"] == [3], report
+    job_id = _job_id(proc.stdout)
+    assert f"slurm: job {job_id} FAILED" in report["failure"]
+    assert "task(s) 3: Killed" in report["failure"] and "_log.out" in report["failure"]
+    assert _gone(job_id, run_dir)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(120)
+def test_cancelled_job_is_reported_with_its_state(slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([str(MIMO_LAUNCH), "cluster=local_slurm", "fault.hang_rank=1",
+                             "fault.phase=embedding", "timeout_s=120",
+                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    job_id = _job_id(proc.stdout.readline())
+    logs = run_dir / "submitit"
+    deadline = time.monotonic() + 80
+    while not any("hangs" in p.read_text() for p in logs.glob(f"{job_id}_1_log.*")):
+        assert time.monotonic() < deadline and proc.poll() is None, "rank 1 never hung"
+        time.sleep(0.2)
+    cancelled = time.monotonic()
+    subprocess.run(["scancel", job_id], check=True)
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - cancelled < 60
+    assert proc.returncode == 3, out + err
+    report = json.loads((run_dir / "report.json").read_text())
+    assert f"slurm: job {job_id} CANCELLED" in report["failure"], report["failure"]
+    assert "logs: " in report["failure"]
+    assert _gone(job_id, run_dir)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(60)
+def test_world_size_mismatch_submits_nothing(slurm_cluster, tmp_path):
+    before = _last_job_id()
+    proc = _cli("cluster=local_slurm", "cluster.nodes=3", f"hydra.run.dir={tmp_path / 'run'}",
+                cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == ("mimo-launch: error: cluster.nodes=3 x "
+                                   "cluster.tasks_per_node=4 = 12 tasks but the layout's world "
+                                   "size is 8")
+    assert _last_job_id() == before and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cluster,lines", [
+    ("local_slurm", ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4",
+                     "#SBATCH --partition=debug", "#SBATCH --job-name=mimo-launch",
+                     "#SBATCH --time=5"]),
+    ("example_site", ["#SBATCH --nodes=1", "#SBATCH --gpus-per-node=8", "#SBATCH --exclusive",
+                      "#SBATCH --account=my_project", "#SBATCH --qos=normal",
+                      "export NCCL_DEBUG=WARN", "--container-image=nvcr.io/nvidia/pytorch"]),
+])
+def test_dry_run_prints_the_sbatch_script_and_submits_nothing(slurm_cluster, cluster, lines,
+                                                              tmp_path):
+    before = _last_job_id()
+    proc = _cli(f"cluster={cluster}", "dry_run=true", f"hydra.run.dir={tmp_path / 'run'}",
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for line in lines:
+        assert line in proc.stdout, proc.stdout
+    assert "--kill-on-bad-exit=1" in proc.stdout
+    assert _last_job_id() == before and not (tmp_path / "run").exists()
