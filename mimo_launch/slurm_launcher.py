@@ -110,6 +110,8 @@ def srun_args(cluster) -> list[str]:
     mounts = _as_list(cluster.get("container_mounts"))
     if mounts:
         args.append(f"--container-mounts={','.join(mounts)}")
+    if cluster.get("container_workdir"):
+        args.append(f"--container-workdir={cluster.container_workdir}")
     return args + _as_list(cluster.get("srun_args"))
 
 

@@ -254,7 +254,9 @@ def test_world_size_mismatch_submits_nothing(slurm_cluster, tmp_path):
                      "#SBATCH --time=5"]),
     ("example_site", ["#SBATCH --nodes=1", "#SBATCH --gpus-per-node=8", "#SBATCH --exclusive",
                       "#SBATCH --account=my_project", "#SBATCH --qos=normal",
-                      "export NCCL_DEBUG=WARN", "--container-image=nvcr.io/nvidia/pytorch"]),
+                      "export NCCL_DEBUG=WARN", "--container-image=/shared/images/mimo-launch-0.1.0.sqsh",
+                      "--container-mounts=/shared/runs:/shared/runs",
+                      "--container-workdir=/workspace"]),
 ])
 def test_dry_run_prints_the_sbatch_script_and_submits_nothing(slurm_cluster, cluster, lines,
                                                               tmp_path):
