@@ -103,10 +103,7 @@ def layout_from(node: DictConfig) -> MimoParallelismConfig:
         if not isinstance(spec, dict):
             raise UsageError(f"module '{name}': expected a mapping of {', '.join(MODULE_KEYS)}, "
                              f"got {spec!r}")
-        unknown = sorted(set(spec) - set(MODULE_KEYS))
-        if unknown:
-            raise UsageError(f"module '{name}': unknown key(s) {', '.join(unknown)} "
-                             f"(known: {', '.join(MODULE_KEYS)})")
+        spec = section(OmegaConf.create(spec), f"module '{name}'", tuple(MODULE_KEYS))
         kwargs = {MODULE_KEYS[k]: v for k, v in spec.items()}
         out[str(name)] = ModuleParallelismConfig(**kwargs)
     tokens = data.get("special_token_ids") or {}
@@ -190,13 +187,19 @@ def preset_layout(name: str, world_size: int) -> MimoParallelismConfig:
     return layout_from(OmegaConf.load(path)).validate(world_size)
 
 
+def section(node, name: str, known: tuple[str, ...]) -> dict:
+    """A config node as a plain dict; keys outside `known` are refused (one line)."""
+    data = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UsageError(f"{name}: unknown key(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(known)})")
+    return data
+
+
 def fault_from(node, world_size: int) -> FaultSpec:
     """The `fault` node as a FaultSpec valid for `world_size` ranks."""
-    data = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    unknown = sorted(set(data) - {"kill_rank", "hang_rank", "phase"})
-    if unknown:
-        raise UsageError(f"fault: unknown key(s) {', '.join(unknown)} "
-                         f"(known: kill_rank, hang_rank, phase)")
+    data = section(node, "fault", ("kill_rank", "hang_rank", "phase"))
     try:
         return FaultSpec(**data).validate(world_size)
     except ValueError as exc:
@@ -214,11 +217,7 @@ class PlanOptions:
 
 def plan_from(node, world_size: int) -> PlanOptions:
     """The `plan` node, checked against a world of `world_size` ranks."""
-    data = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    unknown = sorted(set(data) - {"rank", "gpus_per_node", "picture"})
-    if unknown:
-        raise UsageError(f"plan: unknown key(s) {', '.join(unknown)} "
-                         f"(known: rank, gpus_per_node, picture)")
+    data = section(node, "plan", ("rank", "gpus_per_node", "picture"))
     ranks = data.get("rank")
     ranks = [] if ranks is None else ranks if isinstance(ranks, list) else [ranks]
     for rank in ranks:

@@ -29,6 +29,26 @@ if pid_alive "$RUN_DIR/slurmctld.pid" slurmctld slurmctld-wlm >/dev/null &&
     fi
 fi
 
+# running PID: alive and not a zombie (this sandbox's init reaps orphans slowly).
+running() {
+    kill -0 "$1" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
+# wait_gone TENTHS PID...: wait up to TENTHS x 0.1 s until none of the PIDs is running.
+wait_gone() {
+    local tries=$1 pid alive
+    shift
+    for _ in $(seq 1 "$tries"); do
+        alive=0
+        for pid in "$@"; do
+            running "$pid" && alive=1
+        done
+        [ "$alive" = 0 ] && return 0
+        sleep 0.1
+    done
+    return 0
+}
+
 # stop_group "name pidfile comm..." lines: TERM all, wait, KILL stragglers.
 stop_group() {
     local line name pidfile pid
@@ -47,39 +67,18 @@ stop_group() {
         fi
         files+=("$pidfile")
     done
-    local i alive
+    local i
     if [ "${#pids[@]}" -gt 0 ]; then
         say "stopping ${names[*]}"
-        for _ in $(seq 1 300); do # up to 30 s
-            alive=0
-            for pid in "${pids[@]}"; do
-                if kill -0 "$pid" 2>/dev/null &&
-                    ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; then
-                    alive=1
-                fi
-            done
-            [ "$alive" = 0 ] && break
-            sleep 0.1
-        done
+        wait_gone 300 "${pids[@]}" # up to 30 s
         for i in "${!pids[@]}"; do
             pid=${pids[$i]}
-            if kill -0 "$pid" 2>/dev/null &&
-                ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; then
+            if running "$pid"; then
                 say "${names[$i]} (pid $pid) did not exit on SIGTERM; sending SIGKILL"
                 kill -KILL "$pid" 2>/dev/null || true
             fi
         done
-        for _ in $(seq 1 50); do
-            alive=0
-            for pid in "${pids[@]}"; do
-                if kill -0 "$pid" 2>/dev/null &&
-                    ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; then
-                    alive=1
-                fi
-            done
-            [ "$alive" = 0 ] && break
-            sleep 0.1
-        done
+        wait_gone 50 "${pids[@]}"
     fi
     rm -f "${files[@]}"
 }
