@@ -13,18 +13,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .mimo_config import MimoConfigError, MimoParallelismConfig, ModuleParallelismConfig
+from .mimo_config import SHORT_KEYS, MimoConfigError, MimoParallelismConfig, short_layout
 from .phases import FaultSpec
 
-# Short override keys of a module -> ModuleParallelismConfig fields.
-MODULE_KEYS = {
-    "tp": "tensor_model_parallel_size",
-    "cp": "context_parallel_size",
-    "etp": "expert_tensor_parallel_size",
-    "pp": "pipeline_model_parallel_size",
-    "dp": "data_parallel_size",
-    "rank_offset": "rank_offset",
-}
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("run", "plan")  # plan: print the layout and draw it; start nothing
 
@@ -93,21 +84,16 @@ def _one_line(message: str) -> str:
 
 
 def layout_from(node: DictConfig) -> MimoParallelismConfig:
-    """The `mimo.modules` node as a MimoParallelismConfig; unknown keys are refused."""
+    """The `mimo` node (`modules`, `special_token_ids`) as a MimoParallelismConfig."""
     data = OmegaConf.to_container(node, resolve=True)
     modules = data.get("modules") or {}
     if not isinstance(modules, dict):
         raise UsageError(f"mimo.modules must map module names to layouts, got {modules!r}")
-    out = {}
     for name, spec in modules.items():
         if not isinstance(spec, dict):
-            raise UsageError(f"module '{name}': expected a mapping of {', '.join(MODULE_KEYS)}, "
+            raise UsageError(f"module '{name}': expected a mapping of {', '.join(SHORT_KEYS)}, "
                              f"got {spec!r}")
-        spec = section(OmegaConf.create(spec), f"module '{name}'", tuple(MODULE_KEYS))
-        kwargs = {MODULE_KEYS[k]: v for k, v in spec.items()}
-        out[str(name)] = ModuleParallelismConfig(**kwargs)
-    tokens = data.get("special_token_ids") or {}
-    return MimoParallelismConfig(out, dict(tokens))
+    return short_layout(modules, data.get("special_token_ids"))
 
 
 @dataclass

@@ -104,6 +104,31 @@ class MimoParallelismConfig:
         return resolved
 
 
+# The short keys of conf/mimo/*.yaml and of overrides -> ModuleParallelismConfig fields.
+SHORT_KEYS = {
+    "tp": "tensor_model_parallel_size",
+    "cp": "context_parallel_size",
+    "etp": "expert_tensor_parallel_size",
+    "pp": "pipeline_model_parallel_size",
+    "dp": "data_parallel_size",
+    "rank_offset": "rank_offset",
+}
+
+
+def short_layout(modules: dict[str, dict], special_token_ids: dict[str, int] | None = None
+                 ) -> MimoParallelismConfig:
+    """A config from per-module dicts of short keys (tp, cp, etp, pp, dp, rank_offset), in
+    order; an unknown key raises MimoConfigError. Nothing is validated yet."""
+    out = {}
+    for name, spec in modules.items():
+        unknown = sorted(set(spec) - set(SHORT_KEYS))
+        if unknown:
+            raise MimoConfigError(f"module '{name}': unknown key(s) {', '.join(unknown)} "
+                                  f"(known: {', '.join(SHORT_KEYS)})")
+        out[str(name)] = ModuleParallelismConfig(**{SHORT_KEYS[k]: v for k, v in spec.items()})
+    return MimoParallelismConfig(out, dict(special_token_ids or {}))
+
+
 def _check_int(what: str, who: str, value, minimum: int) -> None:
     label = f"{who} {what}".strip()
     if isinstance(value, bool) or not isinstance(value, int):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mimo_launch.local_launcher import fork_ranks
-from mimo_launch.mimo_config import MimoParallelismConfig, ModuleParallelismConfig
+from mimo_launch.mimo_config import MimoParallelismConfig, short_layout
 from mimo_launch.rank_runner import init_distributed
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,13 +19,8 @@ MIMO_LAUNCH = Path(sys.executable).parent / "mimo-launch"
 
 
 def layout(**modules) -> MimoParallelismConfig:
-    """layout(vision=dict(tp=2, dp=2), language=dict(pp=2, dp=2, offset=4))."""
-    keys = {"tp": "tensor_model_parallel_size", "pp": "pipeline_model_parallel_size",
-            "cp": "context_parallel_size", "etp": "expert_tensor_parallel_size",
-            "dp": "data_parallel_size", "offset": "rank_offset"}
-    return MimoParallelismConfig({
-        name: ModuleParallelismConfig(**{keys[k]: v for k, v in spec.items()})
-        for name, spec in modules.items()})
+    """layout(vision=dict(tp=2, dp=2), language=dict(pp=2, dp=2, rank_offset=4))."""
+    return short_layout(modules)
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:

@@ -41,7 +41,7 @@ def test_sizes_must_be_integers(value):
 
 
 def test_rank_offset_not_negative():
-    _fails(layout(language=dict(dp=1, offset=-1)), 1, "'language'", "rank_offset", "-1")
+    _fails(layout(language=dict(dp=1, rank_offset=-1)), 1, "'language'", "rank_offset", "-1")
 
 
 @pytest.mark.parametrize("tp", [3, 6, 12])
@@ -50,7 +50,7 @@ def test_tp_power_of_two(tp):
 
 
 def test_partial_overlap():
-    cfg = layout(vision=dict(tp=2, dp=3), language=dict(tp=2, dp=3, offset=4))
+    cfg = layout(vision=dict(tp=2, dp=3), language=dict(tp=2, dp=3, rank_offset=4))
     _fails(cfg, 10, "'vision' [0, 6)", "'language' [4, 10)", "[4, 6)")
 
 
@@ -60,17 +60,17 @@ def test_colocated_ranges_must_be_identical_not_partial():
 
 
 def test_gap_between_modules():
-    cfg = layout(vision=dict(tp=2, dp=1), language=dict(tp=2, dp=1, offset=4))
+    cfg = layout(vision=dict(tp=2, dp=1), language=dict(tp=2, dp=1, rank_offset=4))
     _fails(cfg, 6, "[2, 4)", "no module", "'language'")
 
 
 def test_gap_at_the_end():
-    cfg = layout(vision=dict(tp=2, dp=1), language=dict(tp=2, dp=1, offset=2))
+    cfg = layout(vision=dict(tp=2, dp=1), language=dict(tp=2, dp=1, rank_offset=2))
     _fails(cfg, 8, "[4, 8)", "no module", "8")
 
 
 def test_range_past_the_world():
-    cfg = layout(vision=dict(tp=2, dp=2), language=dict(tp=2, pp=2, dp=1, offset=4))
+    cfg = layout(vision=dict(tp=2, dp=2), language=dict(tp=2, pp=2, dp=1, rank_offset=4))
     _fails(cfg, 6, "'language' [4, 8)", "world size is 6")
 
 
@@ -79,12 +79,12 @@ def test_dp_derived_must_divide():
 
 
 def test_dp_required_when_not_colocated():
-    cfg = layout(vision=dict(tp=2, dp=2), language=dict(tp=2, offset=4))
+    cfg = layout(vision=dict(tp=2, dp=2), language=dict(tp=2, rank_offset=4))
     _fails(cfg, 8, "'language'", "must be given", "rank_offset=4")
 
 
 def test_dp_pairs_divide_each_other():
-    cfg = layout(vision=dict(dp=2), language=dict(dp=3, offset=2))
+    cfg = layout(vision=dict(dp=2), language=dict(dp=3, rank_offset=2))
     _fails(cfg, 5, "'vision' (DP 2)", "'language' (DP 3)", "divide")
 
 
@@ -101,7 +101,7 @@ def test_derivation_single_and_colocated():
 
 
 def test_module_order_is_kept_and_sizes_add_up():
-    cfg = layout(vision=dict(tp=2, cp=2, etp=1, dp=1), language=dict(pp=2, dp=2, offset=4))
+    cfg = layout(vision=dict(tp=2, cp=2, etp=1, dp=1), language=dict(pp=2, dp=2, rank_offset=4))
     resolved = cfg.validate(8)
     assert resolved.module_names == ["vision", "language"]
     assert resolved.module_parallelisms["vision"].model_parallel_size == 4

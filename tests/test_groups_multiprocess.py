@@ -15,13 +15,13 @@ from mimo_launch.rank_runner import RankJob
 from conftest import assert_memberships_match, collect_memberships, layout
 
 LAYOUTS = {
-    "vlm_8": (layout(vision=dict(tp=2, dp=2), language=dict(pp=2, dp=2, offset=4)), 8),
+    "vlm_8": (layout(vision=dict(tp=2, dp=2), language=dict(pp=2, dp=2, rank_offset=4)), 8),
     "single_8": (layout(language=dict(tp=2, pp=2)), 8),
     "colocated_8": (layout(vision=dict(tp=2), language=dict(tp=2, pp=2)), 8),
     "vlm_16": (layout(vision=dict(tp=2, etp=2, dp=2),
-                      language=dict(cp=2, pp=4, dp=1, offset=8)), 16),
-    "three_modules_16": (layout(vision=dict(tp=2, dp=2), audio=dict(dp=4, offset=4),
-                                language=dict(tp=2, cp=2, pp=2, dp=1, offset=8)), 16),
+                      language=dict(cp=2, pp=4, dp=1, rank_offset=8)), 16),
+    "three_modules_16": (layout(vision=dict(tp=2, dp=2), audio=dict(dp=4, rank_offset=4),
+                                language=dict(tp=2, cp=2, pp=2, dp=1, rank_offset=8)), 16),
 }
 
 

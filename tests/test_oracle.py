@@ -29,7 +29,7 @@ def test_every_grid_group_matches_the_formula(kind):
     """Brute force over SPEC's formula: members share every coordinate outside the group's
     dims, ascending; ranks outside the module have no group."""
     offset, sizes = 5, dict(tp=2, cp=2, ep=2, pp=2, dp=5)
-    cfg = layout(other=dict(dp=5), language=dict(tp=2, cp=2, etp=2, pp=2, dp=5, offset=offset))
+    cfg = layout(other=dict(dp=5), language=dict(tp=2, cp=2, etp=2, pp=2, dp=5, rank_offset=offset))
     mod = expected_layout(cfg, offset + 80).modules["language"]
     coords = {}
     for d in range(sizes["dp"]):
@@ -49,7 +49,7 @@ def test_every_grid_group_matches_the_formula(kind):
 
 
 def test_offsets_and_disjoint_modules():
-    cfg = layout(vision=dict(tp=2, dp=2), language=dict(tp=2, pp=2, dp=1, offset=4))
+    cfg = layout(vision=dict(tp=2, dp=2), language=dict(tp=2, pp=2, dp=1, rank_offset=4))
     exp = expected_layout(cfg, 8)
     assert exp.modules["vision"].groups["tp"].tolist() == [[0, 1], [2, 3]]
     assert exp.modules["language"].groups["pp"].tolist() == [[4, 6], [5, 7]]
@@ -81,7 +81,7 @@ def test_pp1_embedding_groups_are_single_ranks():
 
 def test_partition_invariants_large_world():
     cfg = layout(vision=dict(tp=8, dp=2048), language=dict(tp=8, pp=8, cp=2, dp=1024,
-                                                             offset=16384))
+                                                             rank_offset=16384))
     exp = expected_layout(cfg, 147456)
     for mod in exp.modules.values():
         for kind in GRID_GROUPS:

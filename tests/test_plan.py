@@ -86,7 +86,7 @@ def test_a_16k_plan_through_the_command_is_fast(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_gpus_per_node_changes_the_node_span_and_flags_split_tp_groups():
-    cfg = layout(vision=dict(tp=8, dp=1), language=dict(tp=8, pp=2, dp=1, offset=8))
+    cfg = layout(vision=dict(tp=8, dp=1), language=dict(tp=8, pp=2, dp=1, rank_offset=8))
     plan = make_plan(cfg, 24, ranks_per_node=4)
     text = format_plan(plan)
     assert "6 node(s) x 4 GPUs" in text and "nodes 2-5 (4)" in text
@@ -106,7 +106,7 @@ def test_abbreviations():
 
 @pytest.mark.timeout(60)
 def test_plan_groups_agree_with_the_oracle():
-    cfg = layout(vision=dict(tp=2, etp=2, dp=2), language=dict(cp=2, pp=4, dp=1, offset=8))
+    cfg = layout(vision=dict(tp=2, etp=2, dp=2), language=dict(cp=2, pp=4, dp=1, rank_offset=8))
     plan = make_plan(cfg, 16)
     oracle = expected_layout(cfg, 16)
     for name, mod in plan.modules.items():

@@ -49,7 +49,7 @@ def _plan_of(preset: str, per_node: int = 8):
 def test_count_cells_can_fail(tmp_path):
     """The counter sees what is drawn: a 2-module picture has 4+1 cells of each colour, and
     none of red."""
-    plan = make_plan(layout(vision=dict(tp=2, dp=2), language=dict(pp=2, dp=2, offset=4)), 8)
+    plan = make_plan(layout(vision=dict(tp=2, dp=2), language=dict(pp=2, dp=2, rank_offset=4)), 8)
     png, _ = draw_rankmap(plan, tmp_path / "map")
     assert count_cells(png, MODULE_COLOURS[0]) == 5
     assert count_cells(png, MODULE_COLOURS[1]) == 5
