@@ -34,6 +34,10 @@ test: $(STAMP) system-deps
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -v -rs -m "not slurm and not container" $(PYTEST_ARGS)
 
+# Benchmarks (benchmarks/README.md): prints the table and writes benchmarks/RESULTS.md.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
 slurm-up:
 	bash slurm/local/start.sh
 slurm-down:

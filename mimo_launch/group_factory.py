@@ -25,6 +25,7 @@ from datetime import timedelta
 from typing import Iterable, Sequence
 
 import numpy as np
+import numpy.ma  # noqa: F401 - numpy imports it lazily inside np.unique (~0.1 s) in each rank
 import torch.distributed as dist
 from torch.distributed import distributed_c10d as _c10d
 
@@ -46,28 +47,32 @@ def paused_gc():
 def _rows(enumeration: Iterable[Sequence[int]]) -> list[np.ndarray]:
     """The enumeration as 2-D int64 blocks of equal-width rows (members ascending), in order."""
     if not isinstance(enumeration, np.ndarray):
+        enumeration = list(enumeration)
         try:
             enumeration = np.asarray(enumeration, dtype=np.int64)
-        except ValueError:  # ragged
-            enumeration = [list(r) for r in enumeration]
-    if isinstance(enumeration, np.ndarray):
-        if enumeration.size == 0:
-            return []
-        return [np.sort(enumeration.astype(np.int64, copy=False), axis=1)]
-    rows = enumeration
-    if True:  # ragged: one block per run of equal widths
-        blocks, start = [], 0
-        for i in range(1, len(rows) + 1):
-            if i == len(rows) or len(rows[i]) != len(rows[start]):
-                blocks.append(np.sort(np.asarray(rows[start:i], dtype=np.int64), axis=1))
-                start = i
-        return blocks
+        except ValueError:  # ragged: one block per run of equal widths
+            blocks, start = [], 0
+            for i in range(1, len(enumeration) + 1):
+                if i == len(enumeration) or len(enumeration[i]) != len(enumeration[start]):
+                    blocks.append(np.sort(np.asarray(enumeration[start:i], dtype=np.int64), 1))
+                    start = i
+            return blocks
+    if enumeration.size == 0:
+        return []
+    return [np.sort(enumeration.astype(np.int64, copy=False).reshape(len(enumeration), -1), 1)]
+
+
+# Set to 1 to turn off the fast paths that rely on torch/megatron-core internals: skipping
+# non-member new_group calls (group_factory) and the light HyperCommGrid import (mimo_builder).
+NO_FAST_PATHS = "MIMO_LAUNCH_NO_FAST_PATHS"
 
 
 def can_skip_non_members() -> bool:
     """Whether a non-member `new_group` call would only advance torch's group counter."""
     world = getattr(_c10d, "_world", None)
     default = dist.group.WORLD
+    if os.environ.get(NO_FAST_PATHS) == "1":
+        return False
     return (isinstance(getattr(world, "group_count", None), int)
             and getattr(default, "bound_device_id", None) is None
             and os.environ.get("TORCH_DIST_INIT_BARRIER", "0") != "1")
@@ -166,12 +171,15 @@ class GroupFactory:
 _FACTORIES: dict[int, GroupFactory] = {}
 
 
-def world_factory(timeout: timedelta | None = None) -> GroupFactory:
-    """The factory of the current default process group (created on first use)."""
+def world_factory(timeout: timedelta | None = None,
+                  skip_non_members: bool | None = None) -> GroupFactory:
+    """The factory of the current default process group (created on first use; the arguments
+    only count then). `skip_non_members=False` turns the fast path off (for comparisons)."""
     key = id(dist.group.WORLD)
     factory = _FACTORIES.get(key)
     if factory is None:
-        factory = GroupFactory(backend=dist.get_backend(), timeout=timeout)
+        factory = GroupFactory(backend=dist.get_backend(), timeout=timeout,
+                               skip_non_members=skip_non_members)
         _FACTORIES.clear()  # a factory of an earlier, destroyed world is stale
         _FACTORIES[key] = factory
     return factory

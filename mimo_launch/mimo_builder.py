@@ -6,22 +6,65 @@ it, in the same order, whether or not it belongs to the module in question.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from .group_factory import destroy_world_groups, world_factory
+from .group_factory import NO_FAST_PATHS, destroy_world_groups, paused_gc, world_factory
 from .group_kinds import GRID_DIMS, GRID_GROUPS, dims_of
 from .mimo_config import MimoParallelismConfig
 
-with warnings.catch_warnings():  # megatron-core warns when absl is missing; harmless here
-    warnings.simplefilter("ignore")
-    from megatron.core.hyper_comm_grid import HyperCommGrid
+_GRID_MODULE = "megatron.core.hyper_comm_grid"
+
+
+def _import_hypercomm_grid():
+    """megatron-core's HyperCommGrid class, loaded without running `megatron/core/__init__`.
+
+    That package init imports megatron-core's models, optimizers and parallel layers (measured:
+    most of a default run's wall time and ~100 MB per process) although `hyper_comm_grid.py`
+    needs only numpy, einops and torch.distributed. The file is loaded under its own module
+    name and `megatron.core` is registered as a lazy module that runs its init on first use,
+    so every later import of megatron-core works and sees the same class. Any surprise falls
+    back to the ordinary import.
+    """
+    with warnings.catch_warnings():  # megatron-core warns when absl is missing; harmless here
+        warnings.simplefilter("ignore")
+        if (_GRID_MODULE not in sys.modules and "megatron.core" not in sys.modules
+                and os.environ.get(NO_FAST_PATHS) != "1"):
+            try:
+                _load_standalone()
+            except Exception:  # noqa: BLE001 - any surprise: the ordinary import below
+                for name in (_GRID_MODULE, "megatron.core"):
+                    sys.modules.pop(name, None)
+        from megatron.core.hyper_comm_grid import HyperCommGrid as grid_class
+    return grid_class
+
+
+def _load_standalone() -> None:
+    megatron = importlib.import_module("megatron")
+    core_spec = importlib.util.find_spec("megatron.core")
+    core_spec.loader = importlib.util.LazyLoader(core_spec.loader)
+    core = importlib.util.module_from_spec(core_spec)
+    path = Path(next(iter(core_spec.submodule_search_locations)), "hyper_comm_grid.py")
+    grid_spec = importlib.util.spec_from_file_location(_GRID_MODULE, path)
+    grid = importlib.util.module_from_spec(grid_spec)
+    sys.modules[_GRID_MODULE] = grid
+    grid_spec.loader.exec_module(grid)
+    sys.modules["megatron.core"] = core
+    core_spec.loader.exec_module(core)  # lazy: runs the package init on first attribute use
+    megatron.core = core
+
+
+HyperCommGrid = _import_hypercomm_grid()
 
 
 def build_hypercomm_grids(cfg: MimoParallelismConfig) -> dict[str, HyperCommGrid]:
@@ -33,18 +76,24 @@ def build_hypercomm_grids(cfg: MimoParallelismConfig) -> dict[str, HyperCommGrid
     resolved = cfg.validate(dist.get_world_size())
     factory = world_factory()
     grids: dict[str, HyperCommGrid] = {}
-    for name, mod in resolved.module_parallelisms.items():
-        shape = [mod.tensor_model_parallel_size, mod.context_parallel_size,
-                 mod.expert_tensor_parallel_size, mod.pipeline_model_parallel_size,
-                 mod.data_parallel_size]
-        grid = HyperCommGrid(shape, list(GRID_DIMS), rank_offset=mod.rank_offset,
-                             backend=factory.backend)
-        for kind in GRID_GROUPS:
-            dims = dims_of(kind)
-            group = factory.group_for(grid.get_rank_enum(dims))
-            _register(grid, dims, group)
-        grids[name] = grid
+    with paused_gc():
+        for name, mod in resolved.module_parallelisms.items():
+            grids[name] = _build_grid(mod, factory)
     return grids
+
+
+def _build_grid(mod, factory) -> HyperCommGrid:
+    """One module's grid with every SPEC group made through `factory`; collective."""
+    shape = [mod.tensor_model_parallel_size, mod.context_parallel_size,
+             mod.expert_tensor_parallel_size, mod.pipeline_model_parallel_size,
+             mod.data_parallel_size]
+    grid = HyperCommGrid(shape, list(GRID_DIMS), rank_offset=mod.rank_offset,
+                         backend=factory.backend)
+    for kind in GRID_GROUPS:
+        dims = dims_of(kind)
+        group = factory.group_for(grid.get_rank_enum(dims))
+        _register(grid, dims, group)
+    return grid
 
 
 def _register(grid: HyperCommGrid, dims: list[str], group) -> None:
@@ -74,16 +123,22 @@ def populate_embedding_and_position_groups(pp_group):
     (first, last) stage of its pipeline to an all-gather, so every rank creates the same groups
     for every pipeline of the world, in the same order, whatever its own pipeline is.
     """
-    if pp_group is None:
-        first = last = -1
-    else:
-        ranks = dist.get_process_group_ranks(pp_group)
-        first, last = min(ranks), max(ranks)
+    return embedding_groups_for_pairs(pp_group, _gather_pipeline_ends([pp_group])[:, 0])
+
+
+def _gather_pipeline_ends(pp_groups: list) -> np.ndarray:
+    """Every rank's (first, last) stage in each of `pp_groups` (-1 where it has none), as an
+    array (world, len(pp_groups), 2): one all-gather for all modules. Collective."""
+    mine = []
+    for pp in pp_groups:
+        ranks = None if pp is None else dist.get_process_group_ranks(pp)
+        mine.append([-1, -1] if ranks is None else [min(ranks), max(ranks)])
     device = _comm_device()
-    mine = torch.tensor([first, last], dtype=torch.int64, device=device)
-    gathered = torch.empty(2 * dist.get_world_size(), dtype=torch.int64, device=device)
-    dist.all_gather_into_tensor(gathered, mine)
-    return embedding_groups_for_pairs(pp_group, gathered.cpu().numpy())
+    mine_t = torch.tensor(mine, dtype=torch.int64, device=device).ravel()
+    gathered = torch.empty(dist.get_world_size() * mine_t.numel(), dtype=torch.int64,
+                           device=device)
+    dist.all_gather_into_tensor(gathered, mine_t)
+    return gathered.cpu().numpy().reshape(dist.get_world_size(), len(pp_groups), 2)
 
 
 def embedding_groups_for_pairs(pp_group, pairs) -> tuple:
@@ -92,7 +147,11 @@ def embedding_groups_for_pairs(pp_group, pairs) -> tuple:
     pos_embd and embd groups of every pipeline in the same order on every rank and return this
     rank's `(pos_embd_pg, embd_pg)`. Collective over the world."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    pairs = np.unique(pairs[pairs[:, 0] >= 0], axis=0)  # one row per pipeline, ascending
+    pairs = pairs[pairs[:, 0] >= 0]
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    keep = np.ones(len(pairs), dtype=bool)
+    keep[1:] = (pairs[1:] != pairs[:-1]).any(axis=1)
+    pairs = pairs[keep]  # one row per pipeline, ascending
     first, last = pairs[:, :1], pairs[:, 1:]
     factory = world_factory()
     pos_embd = factory.group_for(first)
@@ -182,10 +241,12 @@ def build_mimo_groups(cfg: MimoParallelismConfig, phase=None) -> MimoGroups:
         grids = build_hypercomm_grids(cfg)
     modules = {}
     with step("embedding"):
-        for name, grid in grids.items():
-            groups = {kind: grid.get_pg(dims_of(kind)) for kind in GRID_GROUPS}
+        per_module = {name: {kind: grid.get_pg(dims_of(kind)) for kind in GRID_GROUPS}
+                      for name, grid in grids.items()}
+        pairs = _gather_pipeline_ends([groups["pp"] for groups in per_module.values()])
+        for m, (name, groups) in enumerate(per_module.items()):
             pp = groups["pp"]
-            pos_embd, embd = populate_embedding_and_position_groups(pp)
-            modules[name] = ModuleGroups(grid, groups, pos_embd, embd,
+            pos_embd, embd = embedding_groups_for_pairs(pp, pairs[:, m])
+            modules[name] = ModuleGroups(grids[name], groups, pos_embd, embd,
                                          is_pp_first_stage(pp), is_pp_last_stage(pp))
     return MimoGroups(modules, timings, world_factory().new_group_calls)

@@ -118,7 +118,8 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0) -> int:
             passed=verdict.passed, world_size=job.world_size, backend=job.backend,
             mismatches=[vars(m) for m in verdict.mismatches], timings=timings,
             modules=module_summary(layout), hosts=verdict.hosts,
-            new_group_calls=groups.new_group_calls))
+            new_group_calls=groups.new_group_calls,
+            member_new_group_calls=world_factory().member_calls))
     groups.destroy()
     dist.destroy_process_group()
     return 0 if verdict.passed else 1

@@ -26,7 +26,8 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)
     modules: dict[str, dict] = field(default_factory=dict)
     hosts: list[str] = field(default_factory=list)
-    new_group_calls: int | None = None
+    new_group_calls: int | None = None  # groups created world-wide (distinct member lists)
+    member_new_group_calls: int | None = None  # dist.new_group calls rank 0 really made
     failure: str | None = None
     failed_phase: str | None = None
     failed_ranks: list[int] = field(default_factory=list)
@@ -114,7 +115,10 @@ def detail_lines(report: Report, max_mismatches: int = 20, timings: bool = True)
         times = "  ".join(f"{k} {v:.3f}s" for k, v in report.timings.items())
         lines.append(f"  timings: {times}")
     if report.new_group_calls is not None:
-        lines.append(f"  new_group calls per rank: {report.new_group_calls}")
+        line = f"  groups created: {report.new_group_calls} distinct member lists"
+        if report.member_new_group_calls is not None:
+            line += f" (rank 0 called new_group {report.member_new_group_calls} times)"
+        lines.append(line)
     if report.failure:
         first, *rest = report.failure.splitlines()
         lines.append(f"  failure: {first}")

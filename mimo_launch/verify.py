@@ -1,9 +1,10 @@
 """The verification stage (SPEC section 5).
 
-Every rank runs one all-reduce of its rank in each of its groups, then encodes every group it
-belongs to as a fixed-size fingerprint (`fingerprint.py`) and sends that to rank 0: O(groups) int64s
-per rank, no pickling. Rank 0 compares them with the oracle (`layout_oracle.py`) and with each other,
-vectorised, and broadcasts the verdict. Only when something is wrong do ranks send their full member
+Every rank runs one all-reduce of its rank in each of its groups (all in flight at once), then
+encodes every group it belongs to as a fixed-size fingerprint (`fingerprint.py`) and sends that,
+with its host name as 64 bytes, to rank 0 in one gather: O(groups) int64s per rank, no pickling.
+Rank 0 compares them with the oracle (`layout_oracle.py`) and with each other, vectorised, and
+broadcasts the verdict. Only when something is wrong do ranks send their full member
 lists, so that the report can show expected against actual members.
 """
 
@@ -60,26 +61,47 @@ def local_record(groups: MimoGroups) -> tuple[np.ndarray, list]:
     """Run the all-reduce in every group; return fingerprints (M, SLOTS, 5) and member lists.
 
     Collective: all ranks visit (module, group) in the same order, so each all-reduce meets
-    all its members.
+    all its members. Each distinct group (kinds with identical members share one) is
+    all-reduced once, and all of them are in flight together: their latencies overlap.
     """
     device, me = _device(), dist.get_rank()
     record = np.zeros((len(groups.modules), SLOTS, fpr.N_FIELDS), dtype=np.int64)
+    slots: dict[int, tuple[object, list]] = {}  # id(group) -> (group, [(m, k), ...])
     members: list[list] = []
     for m, mg in enumerate(groups.modules.values()):
         module_members = []
         for k, kind in enumerate(ALL_GROUPS):
             group = mg.group(kind)
-            reduced = 0
-            if group is not None:
-                t = torch.tensor([me], dtype=torch.int64, device=device)
-                dist.all_reduce(t, group=group)
-                reduced = int(t.item())
             ranks = _members(group)
             module_members.append(ranks)
-            record[m, k] = fpr.of_members(ranks, reduced)
+            record[m, k] = fpr.of_members(ranks, 0)
+            if group is not None:
+                slots.setdefault(id(group), (group, []))[1].append((m, k))
         record[m, STAGE_SLOT, :2] = (mg.is_first_stage, mg.is_last_stage)
         members.append(module_members)
+    pending = []
+    for group, where in slots.values():
+        t = torch.tensor([me], dtype=torch.int64, device=device)
+        pending.append((dist.all_reduce(t, group=group, async_op=True), t, where))
+    for work, t, where in pending:
+        work.wait()
+        for m, k in where:
+            record[m, k, 4] = int(t.item())
     return record, members
+
+
+HOST_BYTES = 64  # a rank's host name travels as this many bytes (longer names are cut)
+
+
+def encode_host(host: str) -> np.ndarray:
+    """A host name as HOST_BYTES // 8 int64s (UTF-8, zero-padded)."""
+    raw = host.encode()[:HOST_BYTES].ljust(HOST_BYTES, b"\0")
+    return np.frombuffer(raw, dtype=np.int64).copy()
+
+
+def decode_host(words: np.ndarray) -> str:
+    return np.ascontiguousarray(words, dtype=np.int64).tobytes().rstrip(b"\0").decode(
+        errors="replace")
 
 
 def expected_records(layout: ExpectedLayout) -> np.ndarray:
@@ -172,15 +194,17 @@ def verify(groups: MimoGroups, layout: ExpectedLayout, host: str) -> tuple[Verdi
         raise ValueError(f"world size {world} differs from the expected {layout.world_size}")
     record, members = local_record(groups)
     device = _device()
-    mine = torch.from_numpy(record.ravel()).to(device)
-    gathered = [torch.empty_like(mine) for _ in range(world)] if me == 0 else None
-    dist.gather(mine, gathered, dst=0)
-    hosts: list | None = [None] * world if me == 0 else None
-    dist.gather_object(host, hosts, dst=0)
+    mine = torch.from_numpy(np.concatenate([record.ravel(), encode_host(host)])).to(device)
+    gathered = torch.empty((world, mine.numel()) if me == 0 else (0,), dtype=torch.int64,
+                           device=device)
+    dist.gather(mine, list(gathered) if me == 0 else None, dst=0)
 
     verdict_flag = torch.zeros(1, dtype=torch.int64, device=device)
+    hosts: list[str] = []
     if me == 0:
-        actual = torch.stack(gathered).cpu().numpy().reshape((world,) + record.shape)
+        rows = gathered.cpu().numpy()
+        actual = rows[:, :record.size].reshape((world,) + record.shape)
+        hosts = [decode_host(r) for r in rows[:, record.size:]]
         expected = expected_records(layout)
         bad = ((actual != expected).any(axis=(1, 2, 3)).any()
                or inconsistent_ranks(actual).any())
@@ -194,4 +218,4 @@ def verify(groups: MimoGroups, layout: ExpectedLayout, host: str) -> tuple[Verdi
         dist.gather_object(members, all_members, dst=0)
         if me == 0:
             mismatches = _mismatches(actual, expected, layout, lambda r: all_members[r])
-    return Verdict(passed, mismatches, hosts or []), time.perf_counter() - t0
+    return Verdict(passed, mismatches, hosts), time.perf_counter() - t0

@@ -64,3 +64,21 @@ def test_cfg_prints_the_composed_config(tmp_path):
     assert proc.returncode == 0
     assert "language:" in proc.stdout and "data_parallel_size" not in proc.stdout
     assert "dp: 2" in proc.stdout or "dp: null" in proc.stdout
+
+
+@pytest.mark.timeout(240)
+def test_without_fast_paths_every_group_is_a_new_group_call(tmp_path, monkeypatch):
+    """MIMO_LAUNCH_NO_FAST_PATHS=1 turns off the non-member skip and the light import: the
+    same verdict, with rank 0 calling new_group once per distinct member list."""
+    fast = json.loads(_run_ok(tmp_path / "fast").read_text())
+    monkeypatch.setenv("MIMO_LAUNCH_NO_FAST_PATHS", "1")
+    plain = json.loads(_run_ok(tmp_path / "plain").read_text())
+    assert fast["new_group_calls"] == plain["new_group_calls"] == 18
+    assert plain["member_new_group_calls"] == 18
+    assert fast["member_new_group_calls"] < 18
+
+
+def _run_ok(run_dir):
+    proc = run_cli(f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return run_dir / "report.json"

@@ -1,0 +1,1 @@
+"""On-demand benchmarks of mimo_launch (see benchmarks/README.md); not part of the test suite."""

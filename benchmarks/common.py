@@ -1,0 +1,123 @@
+"""Shared helpers: real gloo worlds of forked ranks, medians, memory probes, machine facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch.distributed import distributed_c10d as c10d
+
+from mimo_launch.local_launcher import fork_ranks
+from mimo_launch.mimo_config import MimoParallelismConfig, short_layout
+from mimo_launch.rank_runner import init_distributed
+
+
+def layout(**modules) -> MimoParallelismConfig:
+    """layout(vision=dict(tp=2, dp=2), language=dict(pp=2, dp=2, rank_offset=4))."""
+    return short_layout(modules)
+
+
+def median(xs) -> float:
+    return float(statistics.median(xs))
+
+
+def in_world(world_size: int, body: Callable[[int], dict], timeout_s: float = 120) -> list[dict]:
+    """Fork `world_size` gloo ranks running `body(rank) -> dict`; return every rank's dict."""
+    with tempfile.TemporaryDirectory(prefix="mimo_bench_") as tmp:
+        out = Path(tmp)
+
+        def rank_main(rank: int, store) -> int:
+            torch.set_num_threads(1)
+            init_distributed(rank, world_size, "gloo", timeout_s, store=store)
+            result = body(rank)
+            (out / f"r{rank}.json").write_text(json.dumps(result))
+            dist.destroy_process_group()
+            return 0
+
+        run = fork_ranks(world_size, out, timeout_s, rank_main)
+        if not run.ok or any(e.code != 0 for e in run.exits):
+            log = (out / "logs" / "rank0.log").read_text(errors="replace")[-3000:]
+            why = run.reason or [e.describe() for e in run.exits if e.code != 0]
+            raise RuntimeError(f"benchmark world of {world_size} failed: {why}\n{log}")
+        return [json.loads((out / f"r{r}.json").read_text()) for r in range(world_size)]
+
+
+@contextmanager
+def counting_new_groups():
+    """Count every `new_group` (also those made inside new_subgroups_by_enumeration) and keep
+    the groups made, so that the caller can destroy them: yields a dict {calls, groups}."""
+    seen = {"calls": 0, "groups": []}
+    original = c10d._new_group_with_tag
+
+    def wrapper(*args, **kwargs):
+        pg = original(*args, **kwargs)
+        seen["calls"] += 1
+        if pg is not None and pg != dist.GroupMember.NON_GROUP_MEMBER:
+            seen["groups"].append(pg)
+        return pg
+
+    c10d._new_group_with_tag = wrapper
+    try:
+        yield seen
+    finally:
+        c10d._new_group_with_tag = original
+
+
+def destroy_groups(groups) -> None:
+    """Destroy each distinct group still alive once (per rank, no collective)."""
+    for pg in {id(g): g for g in groups}.values():
+        if pg in c10d._world.pg_map:
+            dist.destroy_process_group(pg)
+
+
+def timed_collective(fn: Callable[[], object]) -> tuple[float, object]:
+    """Barrier, run `fn`, barrier: the seconds this rank saw (the slowest rank bounds it)."""
+    dist.barrier()
+    t0 = time.perf_counter()
+    result = fn()
+    dist.barrier()
+    return time.perf_counter() - t0, result
+
+
+def vm_hwm_kib() -> int:
+    """This process's peak resident set (VmHWM), KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def smaps_rollup(pid: int | str = "self") -> dict[str, int]:
+    """Rss, Pss and USS (private clean + dirty) of a process, KiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        fields[key] = int(value.split()[0])
+    return {"rss": fields["Rss"], "pss": fields["Pss"],
+            "uss": fields["Private_Clean"] + fields["Private_Dirty"]}
+
+
+def machine() -> str:
+    """One line naming the machine the benchmarks ran on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    return (f"{platform.node()}: {os.cpu_count()} CPUs ({cpu}), {mem_gib:.0f} GiB RAM, "
+            f"Linux {platform.release()}, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, load avg at start {os.getloadavg()[0]:.2f}")
