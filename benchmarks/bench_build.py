@@ -16,7 +16,6 @@ import pickle
 import socket
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 import torch.distributed as dist
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -17,9 +16,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed import distributed_c10d as c10d
 
-from mimo_launch.local_launcher import fork_ranks
+from mimo_launch.gloo_world import run_gloo_world
 from mimo_launch.mimo_config import MimoParallelismConfig, short_layout
-from mimo_launch.rank_runner import init_distributed
 
 
 def layout(**modules) -> MimoParallelismConfig:
@@ -34,22 +32,7 @@ def median(xs) -> float:
 def in_world(world_size: int, body: Callable[[int], dict], timeout_s: float = 120) -> list[dict]:
     """Fork `world_size` gloo ranks running `body(rank) -> dict`; return every rank's dict."""
     with tempfile.TemporaryDirectory(prefix="mimo_bench_") as tmp:
-        out = Path(tmp)
-
-        def rank_main(rank: int, store) -> int:
-            torch.set_num_threads(1)
-            init_distributed(rank, world_size, "gloo", timeout_s, store=store)
-            result = body(rank)
-            (out / f"r{rank}.json").write_text(json.dumps(result))
-            dist.destroy_process_group()
-            return 0
-
-        run = fork_ranks(world_size, out, timeout_s, rank_main)
-        if not run.ok or any(e.code != 0 for e in run.exits):
-            log = (out / "logs" / "rank0.log").read_text(errors="replace")[-3000:]
-            why = run.reason or [e.describe() for e in run.exits if e.code != 0]
-            raise RuntimeError(f"benchmark world of {world_size} failed: {why}\n{log}")
-        return [json.loads((out / f"r{r}.json").read_text()) for r in range(world_size)]
+        return run_gloo_world(world_size, tmp, body, timeout_s)
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mimo_launch.local_launcher import fork_ranks
+from mimo_launch.gloo_world import WorldFailed, run_gloo_world
 from mimo_launch.mimo_config import MimoParallelismConfig, short_layout
-from mimo_launch.rank_runner import init_distributed
 
 REPO = Path(__file__).resolve().parent.parent
 MIMO_LAUNCH = Path(sys.executable).parent / "mimo-launch"
@@ -38,25 +36,21 @@ def run_world():
 
 def world(tmp_path: Path, world_size: int, body, timeout_s: float = 60) -> list:
     """Fork `world_size` real gloo ranks running `body(rank)`; return each rank's JSON result.
+    Fails the test (with the failing ranks' logs) unless every rank returns."""
+    try:
+        return run_gloo_world(world_size, tmp_path, body, timeout_s)
+    except WorldFailed as exc:
+        pytest.fail(str(exc)[-4000:])
 
-    Fails the test (with the failing rank's log) unless every rank exits 0.
-    """
-    def rank_main(rank: int, store) -> int:
-        init_distributed(rank, world_size, "gloo", timeout_s, store)
-        result = body(rank)
-        (tmp_path / f"result{rank}.json").write_text(json.dumps(result))
-        import torch.distributed as dist
 
-        dist.destroy_process_group()
-        return 0
-
-    run = fork_ranks(world_size, tmp_path, timeout_s, rank_main)
-    if not run.ok or any(e.code != 0 for e in run.exits):
-        logs = "\n".join(f"--- rank {r}\n{(tmp_path / 'logs' / f'rank{r}.log').read_text()}"
-                         for r in range(world_size) if (tmp_path / "logs" / f"rank{r}.log").exists())
-        pytest.fail(f"world failed: {run.reason or [e.describe() for e in run.exits]}\n"
-                    f"{logs[-4000:]}")
-    return [json.loads((tmp_path / f"result{r}.json").read_text()) for r in range(world_size)]
+@pytest.fixture(scope="session")
+def mismatch_run(tmp_path_factory):
+    """One `mimo-launch mimo=colocated_8 verify_against=vlm_8` run (exit 1, many mismatches),
+    shared by the tests that read its output: (process, run directory)."""
+    tmp = tmp_path_factory.mktemp("mismatch")
+    out = tmp / "run"
+    proc = run_cli("mimo=colocated_8", "verify_against=vlm_8", f"hydra.run.dir={out}", cwd=tmp)
+    return proc, out
 
 
 def collect_memberships(cfg: MimoParallelismConfig):

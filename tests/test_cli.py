@@ -32,10 +32,8 @@ def test_a_second_run_never_overwrites_the_first(tmp_path):
 
 
 @pytest.mark.timeout(240)
-def test_a_failed_verification_exits_1_and_lists_mismatches(tmp_path):
-    out = tmp_path / "run"
-    proc = run_cli("mimo=colocated_8", "verify_against=vlm_8", f"hydra.run.dir={out}",
-                   cwd=tmp_path)
+def test_a_failed_verification_exits_1_and_lists_mismatches(mismatch_run):
+    proc, out = mismatch_run
     assert proc.returncode == 1, proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["passed"] is False and report["mismatches"]

@@ -80,10 +80,8 @@ def test_a_passing_run_writes_report_md_and_the_rank_map(tmp_path):
 
 
 @pytest.mark.timeout(240)
-def test_a_run_with_mismatches_lists_them_all_in_report_md(tmp_path):
-    out = tmp_path / "run"
-    proc = run_cli("mimo=colocated_8", "verify_against=vlm_8", f"hydra.run.dir={out}",
-                   cwd=tmp_path)
+def test_a_run_with_mismatches_lists_them_all_in_report_md(mismatch_run):
+    proc, out = mismatch_run
     assert proc.returncode == 1, proc.stderr
     report = json.loads((out / "report.json").read_text())
     md = (out / "report.md").read_text()

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from mimo_launch.app_config import UsageError, load_settings
 from mimo_launch.slurm_launcher import allocation, task_errors
