@@ -91,6 +91,7 @@ class GroupFactory:
         self.timeout = timeout
         self.new_group_calls = 0
         self.member_calls = 0
+        self.world = dist.group.WORLD
         self._rank = dist.get_rank()
         self._world_size = dist.get_world_size()
         self._skip = can_skip_non_members() if skip_non_members is None else skip_non_members
@@ -168,25 +169,28 @@ class GroupFactory:
         self._seen.clear()
 
 
-_FACTORIES: dict[int, GroupFactory] = {}
+_FACTORY: GroupFactory | None = None
 
 
 def world_factory(timeout: timedelta | None = None,
                   skip_non_members: bool | None = None) -> GroupFactory:
     """The factory of the current default process group (created on first use; the arguments
-    only count then). `skip_non_members=False` turns the fast path off (for comparisons)."""
-    key = id(dist.group.WORLD)
-    factory = _FACTORIES.get(key)
-    if factory is None:
-        factory = GroupFactory(backend=dist.get_backend(), timeout=timeout,
-                               skip_non_members=skip_non_members)
-        _FACTORIES.clear()  # a factory of an earlier, destroyed world is stale
-        _FACTORIES[key] = factory
-    return factory
+    only count then). `skip_non_members=False` turns the fast path off (for comparisons).
+
+    A factory belongs to one WORLD object (held, so its identity cannot be reused): after the
+    world is destroyed and initialised again, a fresh factory starts, whoever destroyed it.
+    """
+    global _FACTORY
+    world = dist.group.WORLD
+    if _FACTORY is None or _FACTORY.world is not world:
+        _FACTORY = GroupFactory(backend=dist.get_backend(), timeout=timeout,
+                                skip_non_members=skip_non_members)
+    return _FACTORY
 
 
 def destroy_world_groups() -> None:
     """Destroy the groups made for the current world; call before destroying the world."""
-    for factory in _FACTORIES.values():
-        factory.destroy()
-    _FACTORIES.clear()
+    global _FACTORY
+    if _FACTORY is not None:
+        _FACTORY.destroy()
+    _FACTORY = None

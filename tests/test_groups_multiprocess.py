@@ -125,3 +125,30 @@ def test_the_verifier_fails_on_another_layout(tmp_path):
     assert found[(2, "stage", "stage")]["actual"] == {"first": False, "last": True}
     assert (0, "tp", "members") not in found  # TP groups are the same in both layouts
     assert all(m["module"] == "language" for m in report.mismatches)
+
+
+@pytest.mark.timeout(120)
+def test_a_world_destroyed_behind_our_back_gets_fresh_groups(tmp_path, run_world):
+    """Build, destroy the world with plain torch (not MimoGroups.destroy), init a new world on
+    a new store and build again: every group must be created anew and be right."""
+    from mimo_launch.rank_runner import init_distributed
+
+    cfg, world_size = LAYOUTS["single_8"]
+
+    def body(rank):
+        store = dist.distributed_c10d._get_default_store()
+        build_mimo_groups(cfg)
+        dist.destroy_process_group()
+        fresh = dist.PrefixStore("second", store)
+        init_distributed(rank, world_size, "gloo", 60, fresh)
+        groups = build_mimo_groups(cfg)
+        t = torch.tensor([2 ** rank])
+        dist.all_reduce(t, group=groups.modules["language"].embd)
+        out = {"embd": _ranks(groups.modules["language"].embd), "sum": int(t.item())}
+        groups.destroy()
+        return out
+
+    res = run_world(tmp_path, world_size, body)
+    for pp in ([0, 2], [1, 3], [4, 6], [5, 7]):
+        for r in pp:
+            assert res[r]["embd"] == pp and res[r]["sum"] == sum(2 ** m for m in pp)
