@@ -153,8 +153,9 @@ def launch_section(la: dict) -> list[str]:
            f"{cli_path:.2f} s; the ranks {extra.get('ranks (fork to last exit)', 0):.2f} s, of "
            f"which rank 0's build (grids, embedding) and verification take {ours_work:.2f} s "
            f"(the rest is the rank runner's phase bookkeeping, report and teardown); interpreter "
-           f"start and exit {extra.get('rest (interpreter start, exit)', 0):.2f} s (more "
-           f"modules to tear down).")
+           f"start and exit {extra.get('rest (interpreter start, exit)', 0):+.2f} s (the "
+           f"mimo-launch command ends with os._exit once everything is written, skipping the "
+           f"interpreter teardown that the floor's process pays).")
     return (["## Local launch (default `mimo-launch device=cpu`, 8 ranks)", ""]
             + _table(["", "mimo-launch", "floor", "ratio", "target"], rows)
             + ["Where the wall time goes (medians; the default run with phase timers, "

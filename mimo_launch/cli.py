@@ -6,6 +6,7 @@ Exit codes: 0 verification passed; 1 a mismatch; 2 bad input (nothing was starte
 
 from __future__ import annotations
 
+import os
 import sys
 
 from .app_config import UsageError, load_settings
@@ -66,8 +67,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point.
+
+    By the time `main` returns, the verdict is printed and every file is written (atomically,
+    fsynced) and every rank has ended, so the interpreter's teardown of torch, megatron-core
+    and matplotlib (~0.15 s) is skipped: flush, then leave at once.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
