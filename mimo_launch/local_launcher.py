@@ -86,10 +86,9 @@ def _terminate(pids: dict[int, int], grace_s: float = 3.0) -> list[RankExit]:
     deadline = time.monotonic() + grace_s
     reaped = []
     while pids and time.monotonic() < deadline:
-        pid, status = os.waitpid(-1, os.WNOHANG)
-        if pid:
-            reaped.append(_exit_of(pids.pop(pid), status, stopped=True))
-        else:
+        ended = _reap(pids, stopped=True)
+        reaped += ended
+        if not ended:
             time.sleep(_POLL_S)
     for pid, rank in list(pids.items()):
         try:
@@ -100,6 +99,26 @@ def _terminate(pids: dict[int, int], grace_s: float = 3.0) -> list[RankExit]:
             pass
         pids.pop(pid, None)
     return reaped
+
+
+def _reap(pids: dict[int, int], stopped: bool = False) -> list[RankExit]:
+    """Collect the ranks of `pids` that have ended (removing them), without blocking.
+
+    Waits on each rank's own pid: never on other children of this process (e.g. a subprocess
+    a library started in a thread), which `waitpid(-1)` could steal or trip over.
+    """
+    ended = []
+    for pid, rank in list(pids.items()):
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # already reaped elsewhere: its status is lost
+            pids.pop(pid)
+            ended.append(RankExit(rank, None, None, stopped))
+            continue
+        if done:
+            pids.pop(pid)
+            ended.append(_exit_of(rank, status, stopped))
+    return ended
 
 
 def _exit_of(rank: int, status: int, stopped: bool = False) -> RankExit:
@@ -152,11 +171,15 @@ def fork_ranks(world_size: int, run_dir: Path, timeout_s: float, body: RankBody,
         os.close(read_fd)
         writers.append(write_fd)
         pids[pid] = rank
-    store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True,
-                          wait_for_workers=False, timeout=timedelta(seconds=timeout_s))
-    for fd in writers:
-        os.write(fd, struct.pack("!I", store.port))
-        os.close(fd)
+    try:
+        store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True,
+                              wait_for_workers=False, timeout=timedelta(seconds=timeout_s))
+        for fd in writers:
+            os.write(fd, struct.pack("!I", store.port))
+            os.close(fd)
+    except BaseException:  # no rank may outlive a launcher that could not start the run
+        _terminate(pids)
+        raise
     return _wait(pids, watchdog_s or 4 * timeout_s + 30, store, on_tick)
 
 
@@ -170,12 +193,13 @@ def _wait(pids: dict[int, int], watchdog_s: float, store, on_tick) -> LocalRun:
             if on_tick is not None and time.monotonic() >= next_tick:
                 on_tick(store)
                 next_tick = time.monotonic() + _TICK_S
-            pid, status = os.waitpid(-1, os.WNOHANG)
-            if pid:
-                exits.append(_exit_of(pids.pop(pid), status))
-                if not exits[-1].ok:
-                    break
-            elif time.monotonic() > deadline:
+            ended = _reap(pids)
+            exits += ended
+            if any(not e.ok for e in ended):
+                break
+            if ended:
+                continue
+            if time.monotonic() > deadline:
                 reason = f"the run did not finish within {watchdog_s:.0f}s"
                 break
             else:
