@@ -108,7 +108,8 @@ def _register(grid: HyperCommGrid, dims: list[str], group) -> None:
     grid._pgs[key] = group
 
 
-def _comm_device() -> torch.device:
+def comm_device() -> torch.device:
+    """Where collective tensors live: this rank's GPU with nccl, else the CPU."""
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -133,7 +134,7 @@ def _gather_pipeline_ends(pp_groups: list) -> np.ndarray:
     for pp in pp_groups:
         ranks = None if pp is None else dist.get_process_group_ranks(pp)
         mine.append([-1, -1] if ranks is None else [min(ranks), max(ranks)])
-    device = _comm_device()
+    device = comm_device()
     mine_t = torch.tensor(mine, dtype=torch.int64, device=device).ravel()
     gathered = torch.empty(dist.get_world_size() * mine_t.numel(), dtype=torch.int64,
                            device=device)
@@ -216,7 +217,8 @@ class MimoGroups:
         return {name: mg.grid for name, mg in self.modules.items()}
 
     def destroy(self) -> None:
-        """Destroy every group made for this world (collective-free, per rank)."""
+        """Destroy every group made for this world (collective-free, per rank): also groups
+        that other MimoGroups or earlier `populate_*` calls of the same world share."""
         destroy_world_groups()
         for mg in self.modules.values():
             mg.grid._pgs.clear()

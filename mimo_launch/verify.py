@@ -20,7 +20,7 @@ import torch.distributed as dist
 from . import fingerprint as fpr
 from .group_kinds import ALL_GROUPS
 from .layout_oracle import ExpectedLayout
-from .mimo_builder import MimoGroups
+from .mimo_builder import MimoGroups, comm_device
 
 STAGE_SLOT = len(ALL_GROUPS)  # the slot after the groups holds (is_first, is_last, 0, 0, 0)
 SLOTS = STAGE_SLOT + 1
@@ -47,12 +47,6 @@ class Verdict:
     hosts: list[str] = field(default_factory=list)
 
 
-def _device() -> torch.device:
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def _members(group) -> list[int] | None:
     return None if group is None else sorted(dist.get_process_group_ranks(group))
 
@@ -64,7 +58,7 @@ def local_record(groups: MimoGroups) -> tuple[np.ndarray, list]:
     all its members. Each distinct group (kinds with identical members share one) is
     all-reduced once, and all of them are in flight together: their latencies overlap.
     """
-    device, me = _device(), dist.get_rank()
+    device, me = comm_device(), dist.get_rank()
     record = np.zeros((len(groups.modules), SLOTS, fpr.N_FIELDS), dtype=np.int64)
     slots: dict[int, tuple[object, list]] = {}  # id(group) -> (group, [(m, k), ...])
     members: list[list] = []
@@ -152,12 +146,26 @@ def inconsistent_ranks(actual: np.ndarray) -> np.ndarray:
     return bad
 
 
-def _mismatches(actual, expected, layout: ExpectedLayout, members_of) -> list[Mismatch]:
-    """List every disagreement; `members_of(rank)` gives that rank's full member lists."""
-    names = list(layout.modules)
+# At most this many (rank, module, group) slots get their actual member lists in the report;
+# further mismatches show the actual group's size, min and max (the failure path stays bounded).
+MAX_DETAILED = 256
+
+
+def _flags(actual: np.ndarray, expected: np.ndarray):
+    """Masks (W, M, SLOTS): members differ, all-reduce sum differs, members disagree."""
     diff_members = (actual[..., :4] != expected[..., :4]).any(axis=-1)
     diff_sum = actual[..., 4] != expected[..., 4]
-    inconsistent = inconsistent_ranks(actual)
+    return diff_members, diff_sum, inconsistent_ranks(actual)
+
+
+def _summary(fp: np.ndarray) -> dict | None:
+    return None if fp[0] == 0 else {"size": int(fp[0]), "min": int(fp[1]), "max": int(fp[2])}
+
+
+def _mismatches(actual, expected, flags, layout: ExpectedLayout, detail: dict) -> list[Mismatch]:
+    """List every disagreement; `detail[(rank, m, k)]` holds the actual members where collected."""
+    names = list(layout.modules)
+    diff_members, diff_sum, inconsistent = flags
     out: list[Mismatch] = []
     for rank, m, k in zip(*np.nonzero(diff_members | diff_sum | inconsistent)):
         rank, m, k = int(rank), int(m), int(k)
@@ -169,7 +177,7 @@ def _mismatches(actual, expected, layout: ExpectedLayout, members_of) -> list[Mi
             continue
         kind = ALL_GROUPS[k]
         exp_members = mod.members(kind, rank)
-        act_members = members_of(rank)[m][k]
+        act_members = detail.get((rank, m, k), _summary(actual[rank, m, k]))
         if diff_members[rank, m, k]:
             out.append(Mismatch(rank, names[m], kind, "members", exp_members, act_members))
         elif diff_sum[rank, m, k]:
@@ -180,10 +188,28 @@ def _mismatches(actual, expected, layout: ExpectedLayout, members_of) -> list[Mi
     return out
 
 
+def _collect_details(slots: torch.Tensor | None, members: list, device) -> dict:
+    """Failure path, collective: rank 0 names up to MAX_DETAILED (rank, module, group) slots;
+    each rank sends the member lists of its own slots only. Rank 0 gets {(r, m, k): members}."""
+    me = dist.get_rank()
+    count = torch.tensor([0 if slots is None else len(slots)], dtype=torch.int64, device=device)
+    dist.broadcast(count, src=0)
+    if int(count.item()) == 0:
+        return {}
+    if me != 0:
+        slots = torch.empty((int(count.item()), 3), dtype=torch.int64, device=device)
+    dist.broadcast(slots, src=0)
+    wanted = [tuple(int(v) for v in row) for row in slots.cpu().tolist() if row[0] == me]
+    mine = [((r, m, k), members[m][k]) for r, m, k in wanted]
+    gathered: list | None = [None] * dist.get_world_size() if me == 0 else None
+    dist.gather_object(mine, gathered, dst=0)
+    return {key: value for part in (gathered or []) for key, value in part}
+
+
 def verify(groups: MimoGroups, layout: ExpectedLayout, host: str) -> tuple[Verdict, float]:
     """Check this world's groups against `layout`; collective. Returns (verdict, seconds).
 
-    `host` names this rank's node in the report.
+    `host` names this rank's node in the report. Only rank 0 gets the mismatches.
     """
     t0 = time.perf_counter()
     if list(groups.modules) != list(layout.modules):
@@ -193,7 +219,7 @@ def verify(groups: MimoGroups, layout: ExpectedLayout, host: str) -> tuple[Verdi
     if world != layout.world_size:
         raise ValueError(f"world size {world} differs from the expected {layout.world_size}")
     record, members = local_record(groups)
-    device = _device()
+    device = comm_device()
     mine = torch.from_numpy(np.concatenate([record.ravel(), encode_host(host)])).to(device)
     gathered = torch.empty((world, mine.numel()) if me == 0 else (0,), dtype=torch.int64,
                            device=device)
@@ -206,16 +232,20 @@ def verify(groups: MimoGroups, layout: ExpectedLayout, host: str) -> tuple[Verdi
         actual = rows[:, :record.size].reshape((world,) + record.shape)
         hosts = [decode_host(r) for r in rows[:, record.size:]]
         expected = expected_records(layout)
-        bad = ((actual != expected).any(axis=(1, 2, 3)).any()
-               or inconsistent_ranks(actual).any())
-        verdict_flag[0] = int(bad)
+        flags = _flags(actual, expected)
+        verdict_flag[0] = int(any(f.any() for f in flags))
     dist.broadcast(verdict_flag, src=0)
     passed = not bool(verdict_flag.item())
 
     mismatches: list[Mismatch] = []
-    if not passed:  # failure path only: full member lists for the report
-        all_members: list | None = [None] * world if me == 0 else None
-        dist.gather_object(members, all_members, dst=0)
+    if not passed:  # failure path only: member lists of (a bounded number of) flagged slots
+        slots = None
         if me == 0:
-            mismatches = _mismatches(actual, expected, layout, lambda r: all_members[r])
+            need = (flags[0] | flags[2])[:, :, :STAGE_SLOT]
+            chosen = np.argwhere(need)[:MAX_DETAILED]  # Fortran-ordered: copy row-major
+            slots = torch.from_numpy(np.ascontiguousarray(chosen, dtype=np.int64))
+            slots = slots.to(device)
+        detail = _collect_details(slots, members, device)
+        if me == 0:
+            mismatches = _mismatches(actual, expected, flags, layout, detail)
     return Verdict(passed, mismatches, hosts), time.perf_counter() - t0

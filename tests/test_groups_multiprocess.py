@@ -152,3 +152,28 @@ def test_a_world_destroyed_behind_our_back_gets_fresh_groups(tmp_path, run_world
     for pp in ([0, 2], [1, 3], [4, 6], [5, 7]):
         for r in pp:
             assert res[r]["embd"] == pp and res[r]["sum"] == sum(2 ** m for m in pp)
+
+
+@pytest.mark.timeout(120)
+def test_the_failure_path_collects_a_bounded_number_of_member_lists(tmp_path, monkeypatch):
+    """Every mismatch is listed, but only MAX_DETAILED of them carry the actual member list
+    (sent by the rank concerned); the rest summarise the actual group by size, min and max."""
+    from mimo_launch import verify as verify_module
+
+    built = layout(language=dict(tp=2, pp=2))
+    other = layout(language=dict(tp=2, pp=1))
+    full = launch_local(RankJob(built, 8, str(tmp_path / "full"), timeout_s=60, expected=other))
+    monkeypatch.setattr(verify_module, "MAX_DETAILED", 2)  # the forked ranks inherit it
+    capped = launch_local(RankJob(built, 8, str(tmp_path / "capped"), timeout_s=60,
+                                  expected=other))
+    assert capped.exit_code == 1
+    key = [(m["rank"], m["group"], m["check"]) for m in full.mismatches]
+    assert [(m["rank"], m["group"], m["check"]) for m in capped.mismatches] == key
+    lists = [m for m in capped.mismatches if isinstance(m["actual"], list)]
+    assert len(lists) == 2 and lists == [m for m in full.mismatches
+                                         if isinstance(m["actual"], list)][:2]
+    summarised = [m for m in capped.mismatches
+                  if m["check"] == "members" and isinstance(m["actual"], dict)]
+    assert summarised and all(set(m["actual"]) == {"size", "min", "max"} for m in summarised)
+    pp0 = next(m for m in capped.mismatches if (m["rank"], m["group"]) == (2, "pp"))
+    assert pp0["actual"] == {"size": 2, "min": 0, "max": 2}  # rank 2's PP group is [0, 2]
