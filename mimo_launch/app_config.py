@@ -7,6 +7,7 @@ raises `UsageError` (or `MimoConfigError`) with one line for the user.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,10 @@ def layout_from(node: DictConfig) -> MimoParallelismConfig:
         if not isinstance(spec, dict):
             raise UsageError(f"module '{name}': expected a mapping of {', '.join(SHORT_KEYS)}, "
                              f"got {spec!r}")
-    return short_layout(modules, data.get("special_token_ids"))
+    tokens = data.get("special_token_ids") or {}
+    if not isinstance(tokens, dict):
+        raise UsageError(f"mimo.special_token_ids must map token names to ids, got {tokens!r}")
+    return short_layout(modules, tokens)
 
 
 @dataclass
@@ -106,9 +110,9 @@ class LaunchSettings:
     timeout_s: float
     run_dir: Path
     cluster: DictConfig
-    config: DictConfig
+    config: DictConfig  # the whole composed config, for launchers that need more
     expected: MimoParallelismConfig | None = None  # verify against this layout instead
-    fault: FaultSpec = field(default_factory=FaultSpec)  # the whole composed config, for launchers that need more
+    fault: FaultSpec = field(default_factory=FaultSpec)
     plan: "PlanOptions" = field(default_factory=lambda: PlanOptions())  # mode=plan only
 
 
@@ -148,9 +152,15 @@ def resolve_device(requested: str, ranks_per_machine: int) -> str:
     return "cuda" if gpus >= ranks_per_machine else "cpu"
 
 
+MAX_TIMEOUT_S = 7 * 24 * 3600
+
+
 def check_timeout(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise UsageError(f"timeout_s must be a positive number of seconds, got {value!r}")
+    """`timeout_s` as seconds: a finite number in (0, one week]."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S):
+        raise UsageError(f"timeout_s must be a number of seconds in (0, {MAX_TIMEOUT_S}], "
+                         f"got {value!r}")
     return float(value)
 
 
@@ -174,7 +184,9 @@ def preset_layout(name: str, world_size: int) -> MimoParallelismConfig:
 
 
 def section(node, name: str, known: tuple[str, ...]) -> dict:
-    """A config node as a plain dict; keys outside `known` are refused (one line)."""
+    """A config node as a plain dict; a non-mapping or keys outside `known` are refused."""
+    if node is not None and not isinstance(node, DictConfig):
+        raise UsageError(f"{name} must be a mapping of {', '.join(known)}, got {node!r}")
     data = OmegaConf.to_container(node, resolve=True) if node is not None else {}
     unknown = sorted(set(data) - set(known))
     if unknown:
