@@ -14,7 +14,8 @@ import sys
 import time
 
 from .phases import PHASES, arrivals
-from .report import CHECKS, Report, detail_lines, format_summary, module_checks, verdict_line
+from .report import (CHECKS, Report, detail_lines, format_summary, module_checks, shape_text,
+                     verdict_line)
 
 _PHASE_LABELS = {"init": "init (rendezvous)", "grids": "grids", "embedding": "embedding groups",
                  "verify": "verification"}
@@ -114,7 +115,7 @@ def print_final(report: Report, plan=None, rich: bool | None = None) -> None:
         table.add_column(col, justify="right" if col == "groups" else "left", no_wrap=True)
     checks = module_checks(report)
     for name, info in report.modules.items():
-        shape = " ".join(f"{k.upper()}{v}" for k, v in info["shape"].items())
+        shape = shape_text(info["shape"])
         groups = "-"
         if plan is not None and name in plan.modules:
             groups = str(sum(n for n, _ in plan.modules[name].groups.values()))

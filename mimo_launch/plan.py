@@ -16,6 +16,7 @@ import numpy as np
 from .group_kinds import ALL_GROUPS, GRID_DIMS
 from .layout_oracle import ExpectedLayout, ModuleLayout, expected_layout
 from .mimo_config import MimoParallelismConfig
+from .report import shape_text
 
 DEFAULT_RANKS_PER_NODE = 8
 SHAPE_KEYS = ("tp", "cp", "etp", "pp", "dp")  # report order; grid dim 'ep' is shown as 'etp'
@@ -151,10 +152,6 @@ def format_members(members, limit: int = 8) -> str:
     return f"[{head}, ..., {tail}] ({len(members)} ranks)"
 
 
-def _shape_text(shape: dict[str, int]) -> str:
-    return " ".join(f"{k.upper()}{v}" for k, v in shape.items())
-
-
 def _node_span(plan: Plan, mod: ModulePlan) -> str:
     first, last = plan.node_of(mod.first_rank), plan.node_of(mod.end_rank - 1)
     count = last - first + 1
@@ -173,7 +170,7 @@ def format_plan(plan: Plan, ranks: list[int] = ()) -> str:
              f"GPUs, {len(plan.modules)} {kind} (nothing started)"]
     for mod in plan.modules.values():
         lines.append(f"  module {mod.name}: ranks [{mod.first_rank}, {mod.end_rank}) "
-                     f"({mod.size} ranks)  {_shape_text(mod.shape)}")
+                     f"({mod.size} ranks)  {shape_text(mod.shape)}")
         lines.append(f"    {_node_span(plan, mod)}; model-parallel size "
                      f"{mod.size // mod.shape['dp']}")
         counts = [f"{k} {n}x{s}" for k, (n, s) in mod.groups.items()]

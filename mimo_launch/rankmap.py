@@ -2,7 +2,7 @@
 
 Rows are nodes and columns GPUs (`plan.ranks_per_node` per node). Each rank is a cell filled
 with its module's colour (colocated modules: one band per module) and labelled with its rank
-and TP/CP/ETP/PP/DP coordinates; first pipeline stages carry a left-pointing-right triangle,
+and TP/CP/ETP/PP/DP coordinates; first pipeline stages carry a right-pointing triangle (▶),
 last stages a square (modules with PP > 1 only). A failed or mismatched rank is filled red, with
 a strip of its module's colour kept at the bottom. Past `DETAIL_MAX_RANKS` ranks each cell is a
 whole node instead (its modules, its PP stage, red when any of its ranks failed).
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .plan import Plan
+from .report import shape_text
 
 MODULE_COLOURS = ("#4c72b0", "#55a868", "#8172b2", "#ccb974", "#64b5cd", "#937860",
                   "#8c8c8c", "#da8bc3")
@@ -214,17 +215,24 @@ def _aggregated(plan: Plan, geo: Geometry, top: float, canvas: _Canvas, colours,
 def _node_label(plan: Plan, name: str, lo: int, hi: int) -> str:
     """'P3' (the PP stage(s) of `name` on ranks [lo, hi)), or 'D4-5' when PP is 1."""
     mod = plan.modules[name]
-    lo, hi = max(lo, mod.first_rank), min(hi, mod.end_rank) - 1
+    ranks = np.arange(max(lo, mod.first_rank), min(hi, mod.end_rank))
+    inner = mod.shape["tp"] * mod.shape["cp"] * mod.shape["etp"]  # ranks per PP stage
     key = "pp" if mod.shape["pp"] > 1 else "dp"
-    a, b = sorted((plan.coords(name, lo)[key], plan.coords(name, hi)[key]))
-    return f"{key[0].upper()}{a}" if a == b else f"{key[0].upper()}{a}-{b}"
+    stride = inner if key == "pp" else inner * mod.shape["pp"]
+    values = np.unique((ranks - mod.first_rank) // stride % mod.shape[key])
+    a, b = int(values[0]), int(values[-1])
+    if a == b:
+        return f"{key[0].upper()}{a}"
+    if len(values) == b - a + 1:
+        return f"{key[0].upper()}{a}-{b}"
+    return key[0].upper() + ",".join(str(int(v)) for v in values)
 
 
 def _legend(plan: Plan, top: float, canvas: _Canvas, colours, failed: set) -> None:
     y = top
     for name, mod in plan.modules.items():
         canvas.rect(_LEFT, y, 0.3, 0.17, colours[name])
-        shape = " ".join(f"{k.upper()}{v}" for k, v in mod.shape.items())
+        shape = shape_text(mod.shape)
         canvas.text(_LEFT + 0.4, y + 0.085, f"{name}: ranks {mod.first_rank}-{mod.end_rank - 1}"
                     f"   {shape}", va="center", fontsize=8)
         y += _LEGEND_ROW

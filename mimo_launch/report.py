@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPORT_NAME = "report.json"
-PHASES = ("init", "grids", "embedding", "verification")
 
 
 @dataclass
@@ -83,6 +82,11 @@ def read_report(run_dir: Path) -> Report | None:
 CHECKS = ("members", "consistency", "collective", "stage")  # verify.Mismatch.check values
 
 
+
+def shape_text(shape: dict[str, int]) -> str:
+    """A module's sizes as 'TP2 CP1 ETP1 PP2 DP2' (keys in the dict's order)."""
+    return " ".join(f"{k.upper()}{v}" for k, v in shape.items())
+
 def verdict_line(report: Report) -> str:
     verdict = "PASSED" if report.passed and not report.failure else "FAILED"
     return (f"mimo-launch verification {verdict}: world size {report.world_size}, "
@@ -139,7 +143,7 @@ def format_summary(report: Report, max_mismatches: int = 20) -> str:
     lines = [verdict_line(report)]
     checks = module_checks(report)
     for name, info in report.modules.items():
-        shape = " ".join(f"{k.upper()}{v}" for k, v in info["shape"].items())
+        shape = shape_text(info["shape"])
         lines.append(f"  module {name:<12} ranks [{info['first_rank']}, {info['end_rank']})"
                      f"  {shape}  {checks_text(checks.get(name))}")
     lines.extend(detail_lines(report, max_mismatches))

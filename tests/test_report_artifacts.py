@@ -177,3 +177,17 @@ def test_final_table_on_a_terminal_and_plain_text_elsewhere(capsys):
     assert "module language     ranks [0, 8)  TP2 CP1 ETP1 PP2 DP2  checks FAILED: members 1" \
         in out and "┃" not in out
 
+
+
+def test_aggregated_node_labels_name_every_stage_on_the_node():
+    """With PP3 and TP1, a node of 8 ranks holds stages 0, 1 and 2 (not just its ends')."""
+    from mimo_launch.plan import make_plan
+    from mimo_launch.rankmap import _node_label
+
+    plan = make_plan(layout(language=dict(pp=3, dp=256)), 768)
+    assert _node_label(plan, "language", 0, 8) == "P0-2"
+    plan = make_plan(layout(language=dict(tp=8, pp=4, dp=32)), 1024)
+    assert [_node_label(plan, "language", n * 8, n * 8 + 8) for n in range(5)] == \
+        ["P0", "P1", "P2", "P3", "P0"]
+    plan = make_plan(layout(language=dict(tp=4, dp=256)), 1024)
+    assert _node_label(plan, "language", 8, 16) == "D2-3"
