@@ -25,7 +25,7 @@ Overrides are Hydra's, e.g.:
   mimo-launch --cfg                             print the composed config and exit
   mimo-launch mode=plan plan.rank=5             print the layout and rank 5's groups; start
                                                 nothing (mimo=large_16k: 16,384 ranks)
-Exit codes: 0 passed, 1 mismatch, 2 bad input, 3 failure while running."""
+Exit codes: 0 passed, 1 mismatch, 2 bad input, 3 failure while running, 130 interrupted."""
 
 
 def _error(message: str) -> int:
@@ -73,9 +73,13 @@ def entry() -> None:
     fsynced) and every rank has ended, so the interpreter's teardown of torch, megatron-core
     and matplotlib (~0.15 s) is skipped: flush, then leave at once.
     """
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        code = main()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # e.g. `mimo-launch mode=plan | head`: stop quietly, as shells do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     os._exit(code)
 
 

@@ -73,6 +73,8 @@ def can_skip_non_members() -> bool:
     default = dist.group.WORLD
     if os.environ.get(NO_FAST_PATHS) == "1":
         return False
+    if callable(getattr(default, "new_group", None)):  # torch hands subgroups to it
+        return False
     return (isinstance(getattr(world, "group_count", None), int)
             and getattr(default, "bound_device_id", None) is None
             and os.environ.get("TORCH_DIST_INIT_BARRIER", "0") != "1")

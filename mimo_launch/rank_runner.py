@@ -93,8 +93,9 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0) -> int:
     """
     torch.set_num_threads(1)
     tracker = PhaseTracker(store, rank, job.world_size, job.timeout_s, job.fault)
-    layout = job.layout.validate(job.world_size)
+    layout = job.layout
     try:
+        layout = job.layout.validate(job.world_size)
         with tracker.phase("init"):
             init_distributed(rank, job.world_size, job.backend, job.timeout_s, store,
                              local_rank)

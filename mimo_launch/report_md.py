@@ -60,7 +60,10 @@ def render_report_md(report: Report, picture: str | None = None, plan=None) -> s
         out += _table(["phase", "seconds"], [[k, f"{v:.3f}"] for k, v in report.timings.items()])
         out.append("")
     if report.new_group_calls is not None:
-        out += [f"`new_group` calls per rank: {report.new_group_calls}", ""]
+        line = f"Groups created: {report.new_group_calls} distinct member lists"
+        if report.member_new_group_calls is not None:
+            line += f" (rank 0 called `new_group` {report.member_new_group_calls} times)"
+        out += [line, ""]
     if report.failure:
         ranks = ", ".join(map(str, report.failed_ranks)) or "unknown"
         out += ["## Failure", "", f"Phase: `{report.failed_phase}`; rank(s): {ranks}"
