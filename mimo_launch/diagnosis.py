@@ -9,7 +9,8 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, field
 
-from .phases import PHASES, format_ranks, missing_ranks, rank_failure, rank_phase
+from .phases import PHASES, missing_ranks, rank_failure, rank_phase
+from .rank_text import format_rank_set
 
 
 @dataclass
@@ -48,13 +49,9 @@ class Diagnosis:
     ranks: list[int] = field(default_factory=list)
 
 
-def _first_failed_phase(store, world_size: int) -> str | None:
+def _first_failed_phase(failures: list[str]) -> str | None:
     """The earliest phase any rank recorded an error in."""
-    seen = []
-    for rank in range(world_size):
-        message = rank_failure(store, rank)
-        if message:
-            seen.append(message.split(":", 1)[0])
+    seen = {message.split(":", 1)[0] for message in failures}
     ordered = [p for p in PHASES if p in seen]
     return ordered[0] if ordered else None
 
@@ -72,19 +69,19 @@ def diagnose(store, world_size: int, exits: list[RankExit], reason: str | None) 
         where = f" in phase '{phase}'" if phase else ""
         text = "; ".join(e.describe() for e in died)
         return Diagnosis(f"{text}{where}; the other ranks were stopped", phase, ranks)
-    phase = _first_failed_phase(store, world_size)
+    failures = [m for m in (rank_failure(store, r) for r in range(world_size)) if m]
+    phase = _first_failed_phase(failures)
     if phase is None:
         phases = [rank_phase(store, r) for r in range(world_size)]
         reached = [p for p in PHASES if p in phases]
         phase = reached[-1] if reached else "init"
     missing = missing_ranks(store, phase, world_size)
     if missing:
-        head = f"phase '{phase}': rank(s) {format_ranks(missing)} did not arrive"
+        head = f"phase '{phase}': rank(s) {format_rank_set(missing)} did not arrive"
     else:
         head = f"phase '{phase}' failed"
-    details = [m for m in (rank_failure(store, r) for r in range(world_size)) if m]
     if reason:
         head += f" ({reason})"
-    elif details:
-        head += f"; first error: {details[0]}"
+    elif failures:
+        head += f"; first error: {failures[0]}"
     return Diagnosis(head, phase, missing)

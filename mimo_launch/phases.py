@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
+from .rank_text import format_rank_set
+
 PHASES = ("init", "grids", "embedding", "verify")
 _FAULT_KINDS = ("kill_rank", "hang_rank")
 
@@ -105,7 +107,7 @@ class PhaseTracker:
             self.store.wait([_key("open", name)], self.timeout)
         except Exception:  # noqa: BLE001 - the store raises its own error types on timeout
             missing = missing_ranks(self.store, name, self.world_size) if self.rank == 0 else None
-            who = (f"rank(s) {format_ranks(missing)} did not arrive" if missing
+            who = (f"rank(s) {format_rank_set(missing)} did not arrive" if missing
                    else "not every rank arrived")
             raise PhaseError(name, f"{who} within {self.timeout.total_seconds():.0f}s",
                              missing) from None
@@ -139,10 +141,3 @@ def rank_failure(store, rank: int) -> str | None:
     """The error `rank` recorded, if any."""
     key = _key("fail", rank)
     return store.get(key).decode() if store.check([key]) else None
-
-
-def format_ranks(ranks: list[int], limit: int = 16) -> str:
-    """'3', '1, 5, 7' or '0, 1, 2, ... (40 ranks)' for long lists."""
-    if len(ranks) <= limit:
-        return ", ".join(str(r) for r in ranks)
-    return ", ".join(str(r) for r in ranks[:limit]) + f", ... ({len(ranks)} ranks)"

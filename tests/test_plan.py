@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from conftest import REPO, layout, run_cli
 from mimo_launch.app_config import layout_from
 from mimo_launch.layout_oracle import expected_layout
-from mimo_launch.plan import format_members, format_plan, format_rank_set, make_plan
+from mimo_launch.plan import format_members, format_plan, make_plan
+from mimo_launch.rank_text import format_rank_set
 
 PRESETS = sorted(p.stem for p in (REPO / "conf" / "mimo").glob("*.yaml"))
 
