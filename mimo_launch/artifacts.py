@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .app_config import LaunchSettings
 from .plan import Plan, format_plan, make_plan, ranks_per_node
-from .report import Report, read_report
+from .report import Report, module_summary, read_report
 from .report_md import write_report_md
 
 RANKMAP_STEM = "rankmap"
@@ -40,9 +40,7 @@ def with_modules(report: Report, plan: Plan) -> Report:
     died before rank 0 wrote anything)."""
     if report.modules:
         return report
-    modules = {name: {"shape": dict(mod.shape), "first_rank": mod.first_rank,
-                      "end_rank": mod.end_rank} for name, mod in plan.modules.items()}
-    return dataclasses.replace(report, modules=modules)
+    return dataclasses.replace(report, modules=module_summary(plan.config))
 
 
 def _draw(plan: Plan, stem: Path, **kw) -> list[Path]:

@@ -23,8 +23,8 @@ from typing import Callable
 import torch.distributed as dist
 
 from .diagnosis import RankExit, diagnose
-from .rank_runner import RankJob, module_summary, run_rank
-from .report import Report, read_report, write_report
+from .rank_runner import RankJob, run_rank
+from .report import Report, module_summary, read_report, write_report
 
 EXIT_FAILURE = 3
 _POLL_S = 0.05

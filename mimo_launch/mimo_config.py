@@ -39,6 +39,13 @@ class ModuleParallelismConfig:
         )
 
     @property
+    def shape(self) -> dict[str, int]:
+        """Sizes by short key, first varying fastest: {'tp', 'cp', 'etp', 'pp', 'dp'}."""
+        return {"tp": self.tensor_model_parallel_size, "cp": self.context_parallel_size,
+                "etp": self.expert_tensor_parallel_size,
+                "pp": self.pipeline_model_parallel_size, "dp": self.data_parallel_size}
+
+    @property
     def size(self) -> int:
         """Model-parallel size * DP; requires `data_parallel_size` to be set."""
         if self.data_parallel_size is None:

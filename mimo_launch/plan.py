@@ -13,14 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .group_kinds import ALL_GROUPS, GRID_DIMS
+from .group_kinds import ALL_GROUPS
 from .layout_oracle import ExpectedLayout, ModuleLayout, expected_layout
 from .mimo_config import MimoParallelismConfig
 from .rank_text import format_rank_set
 from .report import shape_text
 
 DEFAULT_RANKS_PER_NODE = 8
-SHAPE_KEYS = ("tp", "cp", "etp", "pp", "dp")  # report order; grid dim 'ep' is shown as 'etp'
 
 
 def ranks_per_node(cluster, override=None) -> int:
@@ -63,6 +62,7 @@ class Plan:
     ranks_per_node: int
     modules: dict[str, ModulePlan]
     expected: ExpectedLayout
+    config: MimoParallelismConfig  # validated: every DP resolved
 
     @property
     def nodes(self) -> int:
@@ -82,9 +82,9 @@ class Plan:
         if not mod.first_rank <= rank < mod.end_rank:
             return None
         local, out = rank - mod.first_rank, {}
-        for key in SHAPE_KEYS:
-            out[key] = local % mod.shape[key]
-            local //= mod.shape[key]
+        for key, size in mod.shape.items():  # first varies fastest
+            out[key] = local % size
+            local //= size
         return out
 
 
@@ -93,11 +93,11 @@ def make_plan(layout: MimoParallelismConfig, world_size: int,
     """Validate `layout` for `world_size` ranks (MimoConfigError otherwise) and plan it."""
     if ranks_per_node < 1:
         raise ValueError(f"ranks per node must be >= 1, got {ranks_per_node}")
-    expected = expected_layout(layout, world_size)
+    resolved = layout.validate(world_size)
+    expected = expected_layout(resolved, world_size)
     modules = {}
     for name, ml in expected.modules.items():
-        shape = {("etp" if d == "ep" else d): ml.shape[d] for d in GRID_DIMS}
-        shape = {k: shape[k] for k in SHAPE_KEYS}
+        shape = resolved.module_parallelisms[name].shape
         pp = ml.groups["pp"]
         tp_nodes = ml.groups["tp"] // ranks_per_node
         split = int(np.count_nonzero(tp_nodes.min(axis=1) != tp_nodes.max(axis=1)))
@@ -105,7 +105,7 @@ def make_plan(layout: MimoParallelismConfig, world_size: int,
             name, shape, ml.rank_offset, ml.rank_offset + ml.size,
             {kind: tuple(int(n) for n in ml.groups[kind].shape) for kind in ALL_GROUPS},
             np.sort(pp[:, 0]), np.sort(pp[:, -1]), split, ml)
-    return Plan(world_size, ranks_per_node, modules, expected)
+    return Plan(world_size, ranks_per_node, modules, expected, resolved)
 
 
 def format_members(members, limit: int = 8) -> str:

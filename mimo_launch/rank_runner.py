@@ -20,7 +20,7 @@ from .layout_oracle import expected_layout
 from .mimo_builder import build_mimo_groups
 from .mimo_config import MimoParallelismConfig
 from .phases import FaultSpec, PhaseTracker
-from .report import Report, write_report
+from .report import Report, module_summary, write_report
 from .verify import verify
 
 
@@ -50,19 +50,6 @@ def node_name() -> str:
     return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
-def module_summary(layout: MimoParallelismConfig) -> dict[str, dict]:
-    """Per module: its sizes and rank range, for the report."""
-    out = {}
-    for name, mod in layout.module_parallelisms.items():
-        out[name] = {
-            "shape": {"tp": mod.tensor_model_parallel_size, "cp": mod.context_parallel_size,
-                      "etp": mod.expert_tensor_parallel_size,
-                      "pp": mod.pipeline_model_parallel_size, "dp": mod.data_parallel_size},
-            "first_rank": mod.rank_offset, "end_rank": mod.rank_offset + mod.size,
-        }
-    return out
-
-
 def tcp_store(rank: int, world_size: int, host: str, port: int, timeout_s: float):
     """The run's rendezvous store: rank 0 hosts it on `host:port`, the others connect."""
     return dist.TCPStore(host, port, world_size, is_master=(rank == 0),
@@ -83,6 +70,12 @@ def init_distributed(rank: int, world_size: int, backend: str, timeout_s: float,
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                             timeout=timeout)
     world_factory(timeout=timeout)
+
+
+def report_timings(tracker: PhaseTracker) -> dict[str, float]:
+    """Seconds per phase completed so far, under the report's names ('verify' is
+    'verification'), for passing and failing runs alike."""
+    return {("verification" if k == "verify" else k): v for k, v in tracker.timings.items()}
 
 
 def run_rank(job: RankJob, rank: int, store, local_rank: int = 0) -> int:
@@ -108,16 +101,14 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0) -> int:
         if rank == 0:
             write_report(Path(job.run_dir), Report(
                 passed=False, world_size=job.world_size, backend=job.backend,
-                timings=dict(tracker.timings), modules=module_summary(layout),
+                timings=report_timings(tracker), modules=module_summary(layout),
                 failure=str(exc), failed_phase=tracker.current,
                 failed_ranks=getattr(exc, "missing", None) or []))
         raise
     if rank == 0:
-        timings = {"init": tracker.timings["init"], **groups.timings,
-                   "verification": tracker.timings["verify"]}
         write_report(Path(job.run_dir), Report(
             passed=verdict.passed, world_size=job.world_size, backend=job.backend,
-            mismatches=[vars(m) for m in verdict.mismatches], timings=timings,
+            mismatches=[vars(m) for m in verdict.mismatches], timings=report_timings(tracker),
             modules=module_summary(layout), hosts=verdict.hosts,
             new_group_calls=groups.new_group_calls,
             member_new_group_calls=world_factory().member_calls))

@@ -11,6 +11,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .mimo_config import MimoParallelismConfig
+
 REPORT_NAME = "report.json"
 
 
@@ -81,6 +83,13 @@ def read_report(run_dir: Path) -> Report | None:
 
 CHECKS = ("members", "consistency", "collective", "stage")  # verify.Mismatch.check values
 
+
+
+def module_summary(layout: MimoParallelismConfig) -> dict[str, dict]:
+    """Per module of a validated layout: its sizes and rank range, as the report records them."""
+    return {name: {"shape": mod.shape, "first_rank": mod.rank_offset,
+                   "end_rank": mod.rank_offset + mod.size}
+            for name, mod in layout.module_parallelisms.items()}
 
 
 def shape_text(shape: dict[str, int]) -> str:

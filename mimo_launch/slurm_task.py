@@ -152,9 +152,8 @@ class _StopOnSigterm:
 
     def _report(self) -> None:
         from .diagnosis import diagnose
-        from .rank_runner import module_summary
         from .phases import rank_phase
-        from .report import Report, read_report, write_json_atomic, write_report
+        from .report import Report, module_summary, read_report, write_json_atomic, write_report
 
         run_dir = Path(self.job.run_dir)
         write_json_atomic(run_dir / PHASES_NAME, {
