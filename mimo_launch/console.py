@@ -118,7 +118,7 @@ def print_final(report: Report, plan=None, rich: bool | None = None) -> None:
         shape = shape_text(info["shape"])
         groups = "-"
         if plan is not None and name in plan.modules:
-            groups = str(sum(n for n, _ in plan.modules[name].groups.values()))
+            groups = str(plan.modules[name].group_count)
         counts = checks.get(name)
         bad = [f"{check} {n}" for check, n in (counts or {}).items() if n]
         cell = ("[dim]not run[/]" if counts is None else

@@ -53,6 +53,11 @@ class ModulePlan:
     def size(self) -> int:
         return self.end_rank - self.first_rank
 
+    @property
+    def group_count(self) -> int:
+        """Groups of every kind this module lays out (kinds with equal members each count)."""
+        return sum(n for n, _ in self.groups.values())
+
 
 @dataclass
 class Plan:

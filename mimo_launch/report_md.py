@@ -46,9 +46,9 @@ def render_report_md(report: Report, picture: str | None = None, plan=None) -> s
         counts = checks.get(name)
         groups = "-"
         if plan is not None and name in plan.modules:
-            groups = sum(n for n, _ in plan.modules[name].groups.values())
-        row = [name, f"[{info['first_rank']}, {info['end_rank']})",
-               *(info["shape"][k] for k in ("tp", "cp", "etp", "pp", "dp")), groups]
+            groups = plan.modules[name].group_count
+        row = [name, f"[{info['first_rank']}, {info['end_rank']})", *info["shape"].values(),
+               groups]
         row += ["not run" if counts is None else "passed" if counts[c] == 0 else
                 f"**{counts[c]} failed**" for c in CHECKS]
         rows.append(row)
