@@ -8,9 +8,18 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .phases import PHASES, missing_ranks, rank_failure, rank_phase
 from .rank_text import format_rank_set
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a (log) file, or '' where it cannot be read."""
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 @dataclass

@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from .local_launcher import fork_ranks, log_path, tail
+from .diagnosis import tail
+from .local_launcher import fork_ranks, log_path
 from .rank_runner import init_distributed
 
 

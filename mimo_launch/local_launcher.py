@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch.distributed as dist
 
-from .diagnosis import RankExit, diagnose
+from .diagnosis import RankExit, diagnose, tail
 from .rank_runner import RankJob, run_rank
 from .report import Report, module_summary, read_report, write_report
 
@@ -32,14 +32,6 @@ _POLL_S = 0.05
 
 def log_path(run_dir: Path, rank: int) -> Path:
     return Path(run_dir) / "logs" / f"rank{rank}.log"
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    """The last lines of a file, or '' where it does not exist."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _die_with_parent() -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .app_config import DEVICES, LaunchSettings, UsageError
+from .diagnosis import tail as log_tail
 from .launch import rank_job
 from .report import REPORT_NAME, Report, format_summary, read_report, write_report
 from .slurm_task import PHASES_NAME
@@ -245,13 +246,6 @@ def follow(job_id: str, run_dir: Path) -> tuple[bool, bool]:
         return True, True
 
 
-def _log_tail(path: Path, lines: int = 10) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def _blame_the_dead(report: Report, errors, run_dir: Path) -> None:
     """When the first task srun saw end did so by a signal (not an exit code, not the SIGTERM
     Slurm sends to stop a step), blame it and the phase it was in."""
@@ -293,7 +287,7 @@ def conclude(job, job_id: str, files: JobFiles, interrupted: bool) -> Report:
     lines += [f"srun: {node}: task(s) {','.join(map(str, tasks))}: {what}"
               for node, tasks, what in errors[:8]]
     for rank in report.failed_ranks[:1]:
-        tail = _log_tail(files.log(rank, "err")) or _log_tail(files.log(rank))
+        tail = log_tail(files.log(rank, "err"), 10) or log_tail(files.log(rank), 10)
         if tail:
             lines.append(f"last lines of {files.log(rank, 'err')}:\n{tail}")
             found = re.findall(r"phase '(\w+)'", tail)
