@@ -19,10 +19,11 @@ import time
 import numpy as np
 import torch.distributed as dist
 
-from mimo_launch.group_factory import destroy_world_groups, world_factory
+from mimo_launch import compat
+from mimo_launch.group_factory import GroupFactory
 from mimo_launch.group_kinds import GRID_GROUPS, dims_of
 from mimo_launch.layout_oracle import expected_layout
-from mimo_launch.mimo_builder import build_hypercomm_grids, embedding_groups_for_pairs
+from mimo_launch.mimo_builder import MimoGroups, ModuleGroups, _build_grids, _embedding_groups
 
 from .common import layout, median, vm_hwm_kib
 
@@ -42,21 +43,24 @@ def _ranks(group):
 
 def play_rank(world_size: int, rank: int, fast: bool = True) -> dict:
     """Build as `rank` of a fake world; return times, memory and the membership check.
-    `fast=False`: torch's `new_group` for every distinct list (the factory's fast path off)."""
+    `fast=False`: MIMO_LAUNCH_NO_FAST_PATHS=1, so HyperCommGrid.create_pg makes the grid
+    groups and every rank calls torch's `new_group` for every group."""
     os.environ["WORLD_SIZE"], os.environ["RANK"] = str(world_size), str(rank)
+    if not fast:
+        os.environ[compat.NO_FAST_PATHS] = "1"
     dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
-    world_factory(skip_non_members=fast)
+    factory = GroupFactory(dist.get_backend())
     cfg = sim_layout(world_size)
     hwm0 = vm_hwm_kib()
     t0 = time.perf_counter()
-    grids = build_hypercomm_grids(cfg)
+    grids = _build_grids(cfg, factory)
     build_s = time.perf_counter() - t0
     embedding = {}
     for name, grid in grids.items():
         pp = np.asarray(grid.get_rank_enum(["pp"]))  # what the all-gather would return
         pairs = np.stack([pp.min(axis=1), pp.max(axis=1)], axis=1)
         t1 = time.perf_counter()
-        embedding[name] = embedding_groups_for_pairs(grid.get_pg(["pp"]), pairs)
+        embedding[name] = _embedding_groups(grid.get_pg(["pp"]), pairs, factory)
         build_s += time.perf_counter() - t1
     hwm1 = vm_hwm_kib()
     t1 = time.perf_counter()
@@ -70,13 +74,12 @@ def play_rank(world_size: int, rank: int, fast: bool = True) -> dict:
         for kind, members in actual.items():
             if members != mod.members(kind, rank):
                 wrong.append(f"{name}/{kind}: {members} != {mod.members(kind, rank)}")
-    calls = world_factory().new_group_calls
-    member_calls = world_factory().member_calls
-    destroy_world_groups()
+    MimoGroups({name: ModuleGroups(grid, {}, *embedding[name])
+                for name, grid in grids.items()}).destroy()
     dist.destroy_process_group()
     return {"build_s": build_s, "hwm_kib": hwm1, "growth_kib": hwm1 - hwm0,
-            "oracle_s": oracle_s, "wrong": wrong, "world_calls": calls,
-            "member_calls": member_calls}
+            "oracle_s": oracle_s, "wrong": wrong, "world_calls": factory.new_group_calls,
+            "member_calls": factory.member_calls}
 
 
 def forked(fn, *args) -> dict:

@@ -6,75 +6,39 @@ it, in the same order, whether or not it belongs to the module in question.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-import time
-import warnings
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from pathlib import Path
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from .group_factory import NO_FAST_PATHS, destroy_world_groups, paused_gc, world_factory
+from . import compat
+from .group_factory import GroupFactory, paused_gc
 from .group_kinds import GRID_DIMS, GRID_GROUPS, dims_of
 from .mimo_config import MimoParallelismConfig
 
-_GRID_MODULE = "megatron.core.hyper_comm_grid"
+HyperCommGrid = compat.load_hypercomm_grid()
 
 
-def _import_hypercomm_grid():
-    """megatron-core's HyperCommGrid class, loaded without running `megatron/core/__init__`.
-
-    That package init imports megatron-core's models, optimizers and parallel layers (measured:
-    most of a default run's wall time and ~100 MB per process) although `hyper_comm_grid.py`
-    needs only numpy, einops and torch.distributed. The file is loaded under its own module
-    name and `megatron.core` is registered as a lazy module that runs its init on first use,
-    so every later import of megatron-core works and sees the same class. Any surprise falls
-    back to the ordinary import.
-    """
-    with warnings.catch_warnings():  # megatron-core warns when absl is missing; harmless here
-        warnings.simplefilter("ignore")
-        if (_GRID_MODULE not in sys.modules and "megatron.core" not in sys.modules
-                and os.environ.get(NO_FAST_PATHS) != "1"):
-            try:
-                _load_standalone()
-            except Exception:  # noqa: BLE001 - any surprise: the ordinary import below
-                for name in (_GRID_MODULE, "megatron.core"):
-                    sys.modules.pop(name, None)
-        from megatron.core.hyper_comm_grid import HyperCommGrid as grid_class
-    return grid_class
-
-
-def _load_standalone() -> None:
-    megatron = importlib.import_module("megatron")
-    core_spec = importlib.util.find_spec("megatron.core")
-    core_spec.loader = importlib.util.LazyLoader(core_spec.loader)
-    core = importlib.util.module_from_spec(core_spec)
-    path = Path(next(iter(core_spec.submodule_search_locations)), "hyper_comm_grid.py")
-    grid_spec = importlib.util.spec_from_file_location(_GRID_MODULE, path)
-    grid = importlib.util.module_from_spec(grid_spec)
-    sys.modules[_GRID_MODULE] = grid
-    grid_spec.loader.exec_module(grid)
-    sys.modules["megatron.core"] = core
-    core_spec.loader.exec_module(core)  # lazy: runs the package init on first attribute use
-    megatron.core = core
-
-
-HyperCommGrid = _import_hypercomm_grid()
-
-
-def build_hypercomm_grids(cfg: MimoParallelismConfig) -> dict[str, HyperCommGrid]:
+def build_hypercomm_grids(cfg: MimoParallelismConfig, *,
+                          timeout: timedelta | None = None) -> dict[str, HyperCommGrid]:
     """One HyperCommGrid per module, in config order, with every SPEC group created.
 
     Collective: grids and groups are created on all ranks; a rank outside a module's range
-    gets `None` from that grid's `get_pg`.
+    gets `None` from that grid's `get_pg`. Each (grid, kind) has its own process group
+    object, as `HyperCommGrid.create_pg` makes them, so `grid.destroy()` (megatron-core >=
+    0.17) or `dist.destroy_process_group` per kind tears one grid down without touching
+    another, and building again gives fresh groups. `timeout` bounds every collective in the
+    groups (None: torch's default). Raises MimoConfigError for a layout that does not fit the
+    world.
     """
+    return _build_grids(cfg, GroupFactory(dist.get_backend(), timeout))
+
+
+def _build_grids(cfg: MimoParallelismConfig, factory: GroupFactory) -> dict[str, HyperCommGrid]:
     resolved = cfg.validate(dist.get_world_size())
-    factory = world_factory()
     grids: dict[str, HyperCommGrid] = {}
     with paused_gc():
         for name, mod in resolved.module_parallelisms.items():
@@ -82,30 +46,36 @@ def build_hypercomm_grids(cfg: MimoParallelismConfig) -> dict[str, HyperCommGrid
     return grids
 
 
-def _build_grid(mod, factory) -> HyperCommGrid:
-    """One module's grid with every SPEC group made through `factory`; collective."""
+_KIND_DIMS = [dims_of(kind) for kind in GRID_GROUPS]
+
+
+def _build_grid(mod, factory: GroupFactory) -> HyperCommGrid:
+    """One module's grid with every SPEC group, in SPEC order; collective.
+
+    Where the grid's storage can be filled (compat.can_register_groups), `factory` makes the
+    groups (skipping non-member calls where torch allows) and the grid records them; else
+    the grid's own public `create_pg` makes them.
+    """
     shape = [mod.tensor_model_parallel_size, mod.context_parallel_size,
              mod.expert_tensor_parallel_size, mod.pipeline_model_parallel_size,
              mod.data_parallel_size]
     grid = HyperCommGrid(shape, list(GRID_DIMS), rank_offset=mod.rank_offset,
                          backend=factory.backend)
-    for kind in GRID_GROUPS:
-        dims = dims_of(kind)
-        group = factory.group_for(grid.get_rank_enum(dims))
-        _register(grid, dims, group)
+    if compat.can_register_groups(HyperCommGrid, list(GRID_DIMS), _KIND_DIMS):
+        for dims in _KIND_DIMS:
+            compat.register_group(grid, dims, factory.new_subgroups(grid.get_rank_enum(dims)))
+    else:
+        for dims in _KIND_DIMS:
+            grid.create_pg(dims, timeout=factory.timeout)
+            factory.count_calls_made_elsewhere(len(grid.get_rank_enum(dims)))
     return grid
 
 
-def _register(grid: HyperCommGrid, dims: list[str], group) -> None:
-    """Record a group made by the factory so that `grid.get_pg(dims)` returns it.
-
-    HyperCommGrid.create_pg would make one group per member list even where another kind has
-    the same members; the factory dedups, so the result is stored under the grid's own key.
-    """
-    _, key = grid._order_dims(dims)
-    if key in grid._pgs:
-        raise KeyError(f"process group {dims} was already created on this grid")
-    grid._pgs[key] = group
+def destroy_grid(grid: HyperCommGrid) -> None:
+    """Destroy every group of `grid` this rank belongs to (per rank, no collective):
+    `grid.destroy()` where megatron-core has it (>= 0.17), else `dist.destroy_process_group`
+    for each SPEC kind."""
+    compat.destroy_grid(grid, _KIND_DIMS)
 
 
 def comm_device() -> torch.device:
@@ -115,38 +85,38 @@ def comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def populate_embedding_and_position_groups(pp_group):
+def populate_embedding_and_position_groups(pp_group, *, timeout: timedelta | None = None):
     """Return `(pos_embd_pg, embd_pg)` for this rank's pipeline group.
 
     pos_embd: the first PP stage alone; embd: the first and last stage (one rank when PP=1).
-    A rank gets a group only where it is a member, else None; a rank with `pp_group=None` gets
-    `(None, None)`. Collective over the world: every rank calls it. Each rank contributes the
-    (first, last) stage of its pipeline to an all-gather, so every rank creates the same groups
-    for every pipeline of the world, in the same order, whatever its own pipeline is.
+    A rank gets a group only where it is a member, else None (a middle stage gets
+    `(None, None)`, a last stage `(None, embd)`); a rank with `pp_group=None` gets
+    `(None, None)`. Collective over the world: every rank calls it, each time making new
+    groups. Each rank contributes the (first, last) stage of its pipeline to an all-gather,
+    so every rank creates the same groups for every pipeline of the world, in the same order,
+    whatever its own pipeline is (Megatron-Bridge's MIMO builder, SPEC section 4's first trap).
+    `timeout` bounds every collective in the new groups (None: torch's default).
     """
-    return embedding_groups_for_pairs(pp_group, _gather_pipeline_ends([pp_group])[:, 0])
+    factory = GroupFactory(dist.get_backend(), timeout)
+    return _embedding_groups(pp_group, _gather_pipeline_ends(pp_group), factory)
 
 
-def _gather_pipeline_ends(pp_groups: list) -> np.ndarray:
-    """Every rank's (first, last) stage in each of `pp_groups` (-1 where it has none), as an
-    array (world, len(pp_groups), 2): one all-gather for all modules. Collective."""
-    mine = []
-    for pp in pp_groups:
-        ranks = None if pp is None else dist.get_process_group_ranks(pp)
-        mine.append([-1, -1] if ranks is None else [min(ranks), max(ranks)])
+def _gather_pipeline_ends(pp_group) -> np.ndarray:
+    """Every rank's (first, last) stage in its `pp_group` (-1, -1 where it has none), as an
+    array (world, 2). Collective."""
+    ranks = None if pp_group is None else dist.get_process_group_ranks(pp_group)
     device = comm_device()
-    mine_t = torch.tensor(mine, dtype=torch.int64, device=device).ravel()
-    gathered = torch.empty(dist.get_world_size() * mine_t.numel(), dtype=torch.int64,
-                           device=device)
-    dist.all_gather_into_tensor(gathered, mine_t)
-    return gathered.cpu().numpy().reshape(dist.get_world_size(), len(pp_groups), 2)
+    mine = torch.tensor([-1, -1] if ranks is None else [min(ranks), max(ranks)],
+                        dtype=torch.int64, device=device)
+    gathered = torch.empty(dist.get_world_size() * 2, dtype=torch.int64, device=device)
+    dist.all_gather_into_tensor(gathered, mine)
+    return gathered.cpu().numpy().reshape(-1, 2)
 
 
-def embedding_groups_for_pairs(pp_group, pairs) -> tuple:
-    """The creation half of `populate_embedding_and_position_groups`: given every rank's
-    (first, last) pipeline stage (-1 outside the module; the all-gather's result), create the
-    pos_embd and embd groups of every pipeline in the same order on every rank and return this
-    rank's `(pos_embd_pg, embd_pg)`. Collective over the world."""
+def _embedding_groups(pp_group, pairs: np.ndarray, factory: GroupFactory) -> tuple:
+    """Given every rank's (first, last) pipeline stage (array (world, 2), -1 outside the
+    module), create the pos_embd and embd groups of every pipeline, in the same order on
+    every rank, and return this rank's `(pos_embd_pg, embd_pg)`. Collective over the world."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     pairs = pairs[pairs[:, 0] >= 0]
     pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
@@ -154,19 +124,16 @@ def embedding_groups_for_pairs(pp_group, pairs) -> tuple:
     keep[1:] = (pairs[1:] != pairs[:-1]).any(axis=1)
     pairs = pairs[keep]  # one row per pipeline, ascending
     first, last = pairs[:, :1], pairs[:, 1:]
-    factory = world_factory()
-    pos_embd = factory.group_for(first)
+    pos_embd = factory.new_subgroups(first)
     single = bool(len(pairs)) and bool((first == last).all())
     mixed = not single and bool((first == last).any())
     if mixed:  # pipelines of one and of several stages: rows of different widths
-        embd = factory.group_for([[f] if f == l else [f, l] for f, l in pairs.tolist()])
+        embd = factory.new_subgroups([[f] if f == l else [f, l] for f, l in pairs.tolist()])
     else:
-        embd = factory.group_for(first if single else pairs)
+        embd = factory.new_subgroups(first if single else pairs)
     if pp_group is None:
         return None, None
-    me = dist.get_rank()
-    ranks = dist.get_process_group_ranks(pp_group)
-    is_first, is_last = me == min(ranks), me == max(ranks)
+    is_first, is_last = is_pp_first_stage(pp_group), is_pp_last_stage(pp_group)
     return (pos_embd if is_first else None), (embd if is_first or is_last else None)
 
 
@@ -206,49 +173,46 @@ class ModuleGroups:
 
 @dataclass
 class MimoGroups:
-    """Every module's groups for this rank, and how long each build phase took (seconds)."""
+    """Every module's groups for this rank.
+
+    `new_group_calls`: groups created world-wide (the same on every rank);
+    `member_calls`: the `dist.new_group` calls this rank really made.
+    """
 
     modules: dict[str, ModuleGroups]
-    timings: dict[str, float] = field(default_factory=dict)
     new_group_calls: int = 0
-
-    @property
-    def grids(self) -> dict[str, HyperCommGrid]:
-        return {name: mg.grid for name, mg in self.modules.items()}
+    member_calls: int = 0
 
     def destroy(self) -> None:
-        """Destroy every group made for this world (collective-free, per rank): also groups
-        that other MimoGroups or earlier `populate_*` calls of the same world share."""
-        destroy_world_groups()
+        """Destroy every group of these modules this rank belongs to, each once (per rank, no
+        collective): each grid's (`destroy_grid`), then the embedding groups."""
         for mg in self.modules.values():
-            mg.grid._pgs.clear()
+            destroy_grid(mg.grid)
+            for group in (mg.pos_embd, mg.embd):
+                if compat.is_group_member(group):
+                    dist.destroy_process_group(group)
 
 
-def build_mimo_groups(cfg: MimoParallelismConfig, phase=None) -> MimoGroups:
+def build_mimo_groups(cfg: MimoParallelismConfig, phase=None,
+                      timeout: timedelta | None = None) -> MimoGroups:
     """Build the grids and embedding groups of every module; collective over the world.
 
+    The grids come from `build_hypercomm_grids` and each module's embedding groups from the
+    public `populate_embedding_and_position_groups`, as a Bridge script would call them.
     `phase(name)`, if given, is a context manager wrapped around the 'grids' and 'embedding'
     steps (the rank runner passes its phase tracker: barrier, timeout, fault injection).
+    `timeout` bounds every collective in the new groups. Raises MimoConfigError for a layout
+    that does not fit the world.
     """
-    timings: dict[str, float] = {}
-
-    @contextmanager
-    def step(name: str):
-        with phase(name) if phase else nullcontext():
-            start = time.perf_counter()
-            yield
-            timings[name] = time.perf_counter() - start
-
-    with step("grids"):
-        grids = build_hypercomm_grids(cfg)
+    factory = GroupFactory(dist.get_backend(), timeout)
+    with phase("grids") if phase else nullcontext():
+        grids = _build_grids(cfg, factory)
     modules = {}
-    with step("embedding"):
-        per_module = {name: {kind: grid.get_pg(dims_of(kind)) for kind in GRID_GROUPS}
-                      for name, grid in grids.items()}
-        pairs = _gather_pipeline_ends([groups["pp"] for groups in per_module.values()])
-        for m, (name, groups) in enumerate(per_module.items()):
+    with phase("embedding") if phase else nullcontext():
+        for name, grid in grids.items():
+            groups = {kind: grid.get_pg(dims_of(kind)) for kind in GRID_GROUPS}
             pp = groups["pp"]
-            pos_embd, embd = embedding_groups_for_pairs(pp, pairs[:, m])
-            modules[name] = ModuleGroups(grids[name], groups, pos_embd, embd,
+            pos_embd, embd = _embedding_groups(pp, _gather_pipeline_ends(pp), factory)
+            modules[name] = ModuleGroups(grid, groups, pos_embd, embd,
                                          is_pp_first_stage(pp), is_pp_last_stage(pp))
-    return MimoGroups(modules, timings, world_factory().new_group_calls)
+    return MimoGroups(modules, factory.new_group_calls, factory.member_calls)

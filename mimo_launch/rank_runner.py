@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .group_factory import world_factory
 from .layout_oracle import expected_layout
 from .mimo_builder import build_mimo_groups
 from .mimo_config import MimoParallelismConfig
@@ -60,7 +59,7 @@ def init_distributed(rank: int, world_size: int, backend: str, timeout_s: float,
                      local_rank: int = 0) -> None:
     """Join the world through `store`; with nccl, bind to GPU `local_rank` first.
 
-    `timeout_s` bounds every later group creation and collective as well.
+    `timeout_s` bounds the collectives of the default group; the builder is given it too.
     """
     timeout = timedelta(seconds=timeout_s)
     if backend == "nccl":
@@ -69,7 +68,6 @@ def init_distributed(rank: int, world_size: int, backend: str, timeout_s: float,
     os.environ["RANK"] = str(rank)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                             timeout=timeout)
-    world_factory(timeout=timeout)
 
 
 def report_timings(tracker: PhaseTracker) -> dict[str, float]:
@@ -92,7 +90,8 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0) -> int:
         with tracker.phase("init"):
             init_distributed(rank, job.world_size, job.backend, job.timeout_s, store,
                              local_rank)
-        groups = build_mimo_groups(layout, phase=tracker.phase)
+        groups = build_mimo_groups(layout, phase=tracker.phase,
+                                   timeout=timedelta(seconds=job.timeout_s))
         with tracker.phase("verify"):
             expected = expected_layout(job.expected or layout, job.world_size)
             verdict, _ = verify(groups, expected, node_name())
@@ -111,7 +110,7 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0) -> int:
             mismatches=[vars(m) for m in verdict.mismatches], timings=report_timings(tracker),
             modules=module_summary(layout), hosts=verdict.hosts,
             new_group_calls=groups.new_group_calls,
-            member_new_group_calls=world_factory().member_calls))
+            member_new_group_calls=groups.member_calls))
     groups.destroy()
     dist.destroy_process_group()
     return 0 if verdict.passed else 1

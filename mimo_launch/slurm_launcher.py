@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .app_config import DEVICES, LaunchSettings, UsageError
+from .compat import sbatch_script
 from .diagnosis import tail as log_tail
 from .launch import rank_job
 from .report import REPORT_NAME, Report, format_summary, read_report, write_report
@@ -144,11 +145,6 @@ def make_executor(settings: LaunchSettings, alloc: Allocation):
     except ValueError as exc:
         raise UsageError(str(exc).splitlines()[0]) from None
     return executor
-
-
-def sbatch_script(executor) -> str:
-    """The batch script submitit would submit (what `dry_run=true` prints)."""
-    return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
 
 
 def _run(cmd: list[str]) -> str | None:
