@@ -34,10 +34,10 @@ def single_module(world_size: int) -> dict:
 
 
 def floor_groups(cfg, world_size: int) -> int:
-    """Distinct member lists among every group the layout needs (grids and embedding)."""
+    """The groups the layout needs: one per (module, kind) and member list, grids and
+    embedding (SPEC section 1: kinds with equal members still get a group each)."""
     lay = expected_layout(cfg, world_size)
-    return len({tuple(row) for mod in lay.modules.values()
-                for rows in mod.groups.values() for row in rows.tolist()})
+    return sum(len(rows) for mod in lay.modules.values() for rows in mod.groups.values())
 
 
 def _ours(cfg, host):

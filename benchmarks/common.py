@@ -9,6 +9,7 @@ import statistics
 import tempfile
 import time
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed import distributed_c10d as c10d
 
+from mimo_launch.compat import is_group_member
 from mimo_launch.gloo_world import run_gloo_world
 from mimo_launch.mimo_config import MimoParallelismConfig, short_layout
 
@@ -37,30 +39,34 @@ def in_world(world_size: int, body: Callable[[int], dict], timeout_s: float = 12
 
 @contextmanager
 def counting_new_groups():
-    """Count every `new_group` (also those made inside new_subgroups_by_enumeration) and keep
-    the groups made, so that the caller can destroy them: yields a dict {calls, groups}."""
+    """Count every `new_group` call and keep the groups made, so that the caller can destroy
+    them: yields a dict {calls, groups}. Wraps the public `new_group` both where callers find
+    it (`torch.distributed.new_group`, as megatron-core and we call it) and where torch's own
+    `new_subgroups_by_enumeration` (inside `HyperCommGrid.create_pg`) finds it."""
     seen = {"calls": 0, "groups": []}
-    original = c10d._new_group_with_tag
+    original = c10d.new_group
 
     def wrapper(*args, **kwargs):
         pg = original(*args, **kwargs)
         seen["calls"] += 1
-        if pg is not None and pg != dist.GroupMember.NON_GROUP_MEMBER:
+        if is_group_member(pg):
             seen["groups"].append(pg)
         return pg
 
-    c10d._new_group_with_tag = wrapper
+    dist.new_group = c10d.new_group = wrapper
     try:
         yield seen
     finally:
-        c10d._new_group_with_tag = original
+        dist.new_group = c10d.new_group = original
 
 
 def destroy_groups(groups) -> None:
     """Destroy each distinct group still alive once (per rank, no collective)."""
     for pg in {id(g): g for g in groups}.values():
-        if pg in c10d._world.pg_map:
+        try:
             dist.destroy_process_group(pg)
+        except (KeyError, ValueError, RuntimeError):  # destroyed already (e.g. by its grid)
+            pass
 
 
 def timed_collective(fn: Callable[[], object]) -> tuple[float, object]:
@@ -103,4 +109,4 @@ def machine() -> str:
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
     return (f"{platform.node()}: {os.cpu_count()} CPUs ({cpu}), {mem_gib:.0f} GiB RAM, "
             f"Linux {platform.release()}, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, load avg at start {os.getloadavg()[0]:.2f}")
+            f"torch {torch.__version__}, megatron-core {version('megatron-core')}, load avg at start {os.getloadavg()[0]:.2f}")

@@ -89,3 +89,13 @@ def assert_memberships_match(results: list, cfg: MimoParallelismConfig, world_si
                 assert got[name][kind] == mod.members(kind, rank), (rank, name, kind)
             assert got[name]["first"] == bool(mod.first_stage[rank]), (rank, name)
             assert got[name]["last"] == bool(mod.last_stage[rank]), (rank, name)
+
+
+def pytest_report_header(config):
+    """The stack under test, on the first lines of every run (CI runs two: see the Makefile)."""
+    from importlib.metadata import version
+
+    import torch
+
+    return (f"stack: Python {sys.version.split()[0]}, torch {torch.__version__}, "
+            f"megatron-core {version('megatron-core')}")
