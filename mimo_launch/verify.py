@@ -55,8 +55,9 @@ def local_record(groups: MimoGroups) -> tuple[np.ndarray, list]:
     """Run the all-reduce in every group; return fingerprints (M, SLOTS, 5) and member lists.
 
     Collective: all ranks visit (module, group) in the same order, so each all-reduce meets
-    all its members. Each distinct group (kinds with identical members share one) is
-    all-reduced once, and all of them are in flight together: their latencies overlap.
+    all its members. Each group object is all-reduced once (a builder that handed one object
+    to several slots is checked once for them), and all of them are in flight together: their
+    latencies overlap.
     """
     device, me = comm_device(), dist.get_rank()
     record = np.zeros((len(groups.modules), SLOTS, fpr.N_FIELDS), dtype=np.int64)

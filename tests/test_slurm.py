@@ -257,11 +257,14 @@ def test_world_size_mismatch_submits_nothing(slurm_cluster, tmp_path):
                       "--container-mounts=/shared/runs:/shared/runs",
                       "--container-workdir=/workspace"]),
 ])
+@pytest.mark.parametrize("fast", ["1", "0"], ids=["submitit-text", "public-parameters"])
 def test_dry_run_prints_the_sbatch_script_and_submits_nothing(slurm_cluster, cluster, lines,
-                                                              tmp_path):
+                                                              fast, tmp_path):
+    """submitit's own script text (a private method), and the fallback from the executor's
+    public parameters (MIMO_LAUNCH_NO_FAST_PATHS=1): the same #SBATCH lines either way."""
     before = _last_job_id()
     proc = _cli(f"cluster={cluster}", "dry_run=true", f"hydra.run.dir={tmp_path / 'run'}",
-                cwd=tmp_path)
+                cwd=tmp_path, MIMO_LAUNCH_NO_FAST_PATHS="0" if fast == "1" else "1")
     assert proc.returncode == 0, proc.stderr
     for line in lines:
         assert line in proc.stdout, proc.stdout
