@@ -23,7 +23,7 @@ PYTEST_ARGS ?=
 # What the Python 3.12 leg runs: everything but the Slurm and container tests.
 PY312_TESTS ?= -m "not slurm and not container"
 
-.PHONY: run test test-fast test-py312 system-deps slurm-up slurm-down lint clean bench
+.PHONY: run test test-fast test-py312 system-deps slurm-up slurm-down lint clean bench bench-py312
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,9 +62,13 @@ test-py312: $(STAMP312)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -v -rs -m "not slurm and not container" $(PYTEST_ARGS)
 
-# Benchmarks (benchmarks/README.md): prints the table and writes benchmarks/RESULTS.md.
+# Benchmarks (benchmarks/README.md): prints the table and writes benchmarks/RESULTS.md
+# (Python 3.11 / megatron-core 0.16.1); bench-py312 writes RESULTS_py312.md (3.12 / 0.19.x).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+bench-py312: $(STAMP312)
+	$(VENV312)/bin/python -m benchmarks.run --out benchmarks/RESULTS_py312.md
 
 slurm-up:
 	bash slurm/local/start.sh
