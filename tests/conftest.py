@@ -91,6 +91,31 @@ def assert_memberships_match(results: list, cfg: MimoParallelismConfig, world_si
             assert got[name]["last"] == bool(mod.last_stage[rank]), (rank, name)
 
 
+# Variables of the shell that would change what the code under test does: the fast-path switch,
+# torch.distributed's own knobs. Tests that want one set it themselves.
+_LEAKY_PREFIXES = ("MIMO_LAUNCH_", "TORCH_DIST_", "TORCH_GLOO_", "MASTER_ADDR", "MASTER_PORT")
+
+
+def pytest_configure(config):
+    """Start every run from a clean environment, and make sure the `mimo-launch` that CLI
+    tests start runs this checkout's code (an editable install of another checkout in the
+    same virtual environment would silently test that one)."""
+    for key in [k for k in os.environ if k.startswith(_LEAKY_PREFIXES)]:
+        del os.environ[key]
+    probe = subprocess.run(
+        [sys.executable, "-c", "import mimo_launch.conf as c, mimo_launch.cli as m; "
+                               "print(m.__file__); print(*c.__path__)"],
+        capture_output=True, text=True, cwd="/", timeout=60)
+    paths = probe.stdout.split()
+    if probe.returncode or len(paths) < 2 or not all(
+            Path(p).resolve().is_relative_to(REPO) for p in paths):
+        raise pytest.UsageError(
+            f"the virtual environment of {sys.executable} does not run this checkout ({REPO}): "
+            f"it has {paths or probe.stderr.strip()[-300:]}; run `pip install -e .` here")
+    if not MIMO_LAUNCH.exists():
+        raise pytest.UsageError(f"{MIMO_LAUNCH} is missing: run `pip install -e .` here")
+
+
 def pytest_report_header(config):
     """The stack under test, on the first lines of every run (CI runs two: see the Makefile)."""
     from importlib.metadata import version
