@@ -20,6 +20,8 @@ from .group_kinds import GRID_DIMS, GRID_GROUPS, dims_of
 from .mimo_config import MimoParallelismConfig
 
 HyperCommGrid = compat.load_hypercomm_grid()
+# torch >= 2.13 names it all_gather_single (all_gather_into_tensor warns there); both public
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
 def build_hypercomm_grids(cfg: MimoParallelismConfig, *,
@@ -109,7 +111,7 @@ def _gather_pipeline_ends(pp_group) -> np.ndarray:
     mine = torch.tensor([-1, -1] if ranks is None else [min(ranks), max(ranks)],
                         dtype=torch.int64, device=device)
     gathered = torch.empty(dist.get_world_size() * 2, dtype=torch.int64, device=device)
-    dist.all_gather_into_tensor(gathered, mine)
+    _all_gather_single(gathered, mine)
     return gathered.cpu().numpy().reshape(-1, 2)
 
 
