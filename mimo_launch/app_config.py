@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -164,16 +164,6 @@ def check_timeout(value) -> float:
     return float(value)
 
 
-def fresh_run_dir(path: str) -> Path:
-    """`path`, or `path-2`, `path-3`... if an earlier run already left output there."""
-    base = Path(path).absolute()
-    candidate, n = base, 1
-    while candidate.exists() and any(candidate.iterdir()):
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
-
-
 def preset_layout(name: str, world_size: int) -> MimoParallelismConfig:
     """A layout preset of `conf/mimo/` by name, validated for `world_size` ranks."""
     path = conf_dir() / "mimo" / f"{name}.yaml"
@@ -230,11 +220,10 @@ def plan_from(node, world_size: int) -> PlanOptions:
     return PlanOptions(tuple(ranks), gpus, picture)
 
 
-def load_settings(overrides: list[str], fresh_dir: bool = True) -> LaunchSettings:
-    """Compose, convert and validate everything; raise on the first problem.
-
-    `fresh_dir=False` takes `hydra.run.dir` as is (every Slurm task of one job must agree on it).
-    """
+def load_settings(overrides: list[str]) -> LaunchSettings:
+    """Compose, convert and validate everything; raise on the first problem. Touches no file:
+    `run_dir` is `hydra.run.dir` as given (every Slurm task of one job must agree on it);
+    `claim_output` makes it this run's own."""
     cfg = compose_config(overrides)
     if cfg.mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
@@ -257,9 +246,34 @@ def load_settings(overrides: list[str], fresh_dir: bool = True) -> LaunchSetting
                              f"{list(layout.module_parallelisms)}")
     fault = fault_from(cfg.get("fault"), world)
     plan = plan_from(cfg.get("plan"), world)
-    run_dir = fresh_run_dir(cfg.hydra.run.dir) if fresh_dir else Path(cfg.hydra.run.dir).absolute()
+    run_dir = Path(cfg.hydra.run.dir).expanduser().absolute()
     return LaunchSettings(layout, world, device, timeout_s, run_dir, cfg.cluster, cfg, expected,
                           fault, plan)
+
+
+def claim_output(settings: LaunchSettings) -> LaunchSettings:
+    """Before anything starts: check that the launcher can run the layout (the local
+    machine's or the Slurm allocation; UsageError), then claim the run directory
+    (`run_dir.claim_run_dir`: `hydra.run.dir`, or `-2`, `-3`... if an earlier run holds it;
+    RunDirError if it cannot be written). A Slurm dry run and a plan without its picture
+    write nothing and claim nothing. Returns the settings with the claimed `run_dir`."""
+    from .run_dir import claim_run_dir
+
+    config = settings.config
+    if config.mode == "run":
+        if config.cluster.get("launcher") == "slurm":
+            from .slurm_launcher import allocation
+
+            allocation(settings)
+            if config.get("dry_run"):
+                return settings
+        else:
+            from .launch import check_local_allocation
+
+            check_local_allocation(settings)
+    elif not settings.plan.picture:
+        return settings
+    return replace(settings, run_dir=claim_run_dir(settings.run_dir))
 
 
 __all__ = ["LaunchSettings", "MimoConfigError", "UsageError", "load_settings"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .app_config import UsageError, load_settings
+from .app_config import UsageError, claim_output, load_settings
 from .mimo_config import MimoConfigError
 
 EXIT_USAGE = 2
@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = {k: settings.config[k] for k in settings.config if k != "hydra"}
         print(OmegaConf.to_yaml(OmegaConf.create(cfg), resolve=True), end="")
         return 0
+    from .run_dir import RunDirError
+
+    try:
+        settings = claim_output(settings)
+    except (UsageError, RunDirError) as exc:
+        return _error(str(exc))
     if settings.config.mode == "plan":  # no rank is started, torch is not even imported
         from .artifacts import run_plan
 

@@ -36,7 +36,8 @@ def check_local_allocation(settings: LaunchSettings) -> None:
 
 
 def launch(settings: LaunchSettings) -> int:
-    """Run the job where `cluster.launcher` says; return the process exit code."""
+    """Run the job where `cluster.launcher` says; return the process exit code. `settings`
+    come from `app_config.claim_output` (allocation checked, run directory claimed)."""
     launcher = settings.cluster.get("launcher")
     if launcher == "slurm":
         from .slurm_launcher import launch_slurm
@@ -48,11 +49,6 @@ def launch(settings: LaunchSettings) -> int:
         return code
     if launcher != "local":
         print(f"mimo-launch: error: unknown cluster.launcher {launcher!r}", file=sys.stderr)
-        return 2
-    try:
-        check_local_allocation(settings)
-    except UsageError as exc:
-        print(f"mimo-launch: error: {exc}", file=sys.stderr)
         return 2
     from .local_launcher import launch_local
 

@@ -51,12 +51,17 @@ class Report:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once, at import (single-threaded then)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write `data` as JSON to `path` so that readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it, not mkstemp's 0600
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
             f.write("\n")

@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     try:
-        settings = load_settings(args, fresh_dir=False)
+        settings = load_settings(args)
         device = task_device(settings.device)
     except (UsageError, MimoConfigError, ValueError) as exc:
         return usage(str(exc))

@@ -1,0 +1,60 @@
+"""Claiming a run directory: atomically, so that two runs never write into the same one."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+# Created with O_EXCL in the directory a run claims; its presence means "a run lives here".
+RUN_MARKER = ".mimo-launch-run"
+# What runs made before the marker existed leave behind.
+_EARLIER_RUN = ("report.json", "logs")
+
+
+class RunDirError(ValueError):
+    """A path that cannot be a run directory; the message is one line meant for the user."""
+
+
+def claim_run_dir(path: str | Path) -> Path:
+    """Claim the first of `path`, `path-2`, `path-3`... that holds no earlier run, and return it
+    (absolute).
+
+    A directory holding no run's output (a new one, an empty one, or `.`) is used as it is;
+    one that holds an earlier run (its marker, a report.json or logs/) is passed over. The claim
+    is the creation of `RUN_MARKER` with O_EXCL, so of two runs started together with the same
+    path each gets its own directory. Raises RunDirError for a path that cannot be written: a
+    file, a path under a file, no permission, a read-only file system, the file-system root.
+    """
+    base = Path(path).expanduser().absolute()
+    if base == Path(base.anchor):
+        raise RunDirError(f"run directory {base} is the file-system root: give hydra.run.dir a "
+                          f"directory of its own")
+    n = 1
+    candidate = base
+    while True:
+        if _claim(candidate):
+            return candidate
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+
+
+def _claim(candidate: Path) -> bool:
+    """True if this process now owns `candidate`; False if an earlier run holds it."""
+    try:
+        candidate.mkdir(parents=True, exist_ok=True)
+        if any((candidate / name).exists() for name in _EARLIER_RUN):
+            return False
+        fd = os.open(candidate / RUN_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        if candidate.is_dir():  # the marker: another run holds it
+            return False
+        raise RunDirError(f"run directory {candidate} cannot be used: a file of that name "
+                          f"exists") from None
+    except OSError as exc:
+        reason = {errno.ENOTDIR: "a part of the path is a file",
+                  errno.EROFS: "the file system is read-only"}.get(exc.errno, exc.strerror)
+        raise RunDirError(f"run directory {candidate} cannot be used: {reason}") from None
+    with os.fdopen(fd, "w") as marker:
+        marker.write(f"pid {os.getpid()}\n")
+    return True
