@@ -13,7 +13,9 @@ the image built on it resolves megatron-core 0.19.x as on NGC, and
 test_image_runs_the_ngc_python_and_megatron_core checks it inside the image.
 
 Needs root (apt-get, debootstrap, rootful podman) and the network to Debian's
-mirrors and PyPI. TIMING_PLACEHOLDER
+mirrors and PyPI. About six minutes on a fresh machine (the stand-in base:
+torch 2.14.1 with its CUDA libraries, about 2.5 GB from PyPI), 40 seconds when
+the base image and the layers are cached.
 """
 
 from __future__ import annotations
