@@ -192,7 +192,7 @@ def test_image_keeps_base_torch_and_has_metadata(image: dict[str, object]) -> No
     # Nothing from the developer's tree that .dockerignore keeps out.
     leak = _podman_run(
         str(image["image"]), "bash", "-c",
-        "find / -xdev \\( -name .venv -o -name .git -o -name tests -path '*mimo_launch*' \\) -print",
+        "find / -xdev \\( -name '.venv*' -o -name .git -o -name tests -path '*mimo_launch*' \\) -print",
     )
     _check(leak, "find")
     assert leak.stdout.strip() == "", leak.stdout
