@@ -34,10 +34,13 @@ WORKDIR /opt/mimo_launch
 # 1. Dependencies: only pyproject.toml decides this layer.
 # USE_BASE_CONSTRAINT=0 drops the base image's own constraint file for this
 # install (should one of its pins ever conflict with a dependency); the pin of
-# the base's torch applies either way.
+# the base's torch applies either way. The pin is the version of the installed
+# torch distribution, as pip sees it: torch.__version__ can differ (PyPI's CUDA
+# builds report 2.x.y+cu130 for a distribution 2.x.y).
 ARG USE_BASE_CONSTRAINT=1
 COPY pyproject.toml container/pyproject_deps.py ./
-RUN torch_before="$(python -c 'import torch; print(torch.__version__)')" \
+RUN torch_version='from importlib.metadata import version; print(version("torch"))' \
+ && torch_before="$(python -c "${torch_version}")" \
  && echo "torch==${torch_before}" > /tmp/torch-pin.txt \
  && constraints=/tmp/torch-pin.txt \
  && if [ "${USE_BASE_CONSTRAINT}" = 1 ] && [ -n "${PIP_CONSTRAINT:-}" ]; then \
@@ -46,7 +49,7 @@ RUN torch_before="$(python -c 'import torch; print(torch.__version__)')" \
  && echo "base image torch ${torch_before}; pip constraints: ${constraints}" \
  && python pyproject_deps.py pyproject.toml > /tmp/requirements.txt \
  && PIP_CONSTRAINT="${constraints}" python -m pip install --no-cache-dir -r /tmp/requirements.txt \
- && torch_after="$(python -c 'import torch; print(torch.__version__)')" \
+ && torch_after="$(python -c "${torch_version}")" \
  && if [ "${torch_after}" != "${torch_before}" ]; then \
         echo "torch changed from ${torch_before} to ${torch_after}" >&2; exit 1; \
     fi \

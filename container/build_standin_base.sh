@@ -1,17 +1,34 @@
 #!/usr/bin/env bash
-# Build a small local stand-in for the NGC PyTorch base image.
+# Build a local stand-in for the NGC PyTorch base image.
 #
-# The real base (nvcr.io/nvidia/pytorch:<YY.MM>-py3, see the Dockerfile) cannot
+# The real base (nvcr.io/nvidia/pytorch:25.12-py3, see the Dockerfile) cannot
 # be pulled where no container registry is reachable (this project's CI). This
-# script makes an image that looks like it in the ways the Dockerfile relies on:
+# script makes an image that looks like it in the ways the Dockerfile relies on,
+# so that `pip install .` on it resolves what it resolves on NGC:
 #
-#   * a Debian bookworm rootfs (debootstrap, minbase) with python3 + pip and
-#     `python` on PATH;
-#   * torch preinstalled into the system python (CPU wheel, from a local file);
-#   * a pip constraint file pinning torch and what came with it, exported as
-#     PIP_CONSTRAINT=/etc/pip/constraint.txt, like NGC does;
+#   * Python 3.12 (NGC 25.12's), as `python`/`python3` on PATH: with it pip
+#     picks megatron-core 0.19.x, as on NGC (0.17+ need Python >= 3.12);
+#   * torch preinstalled (torch==2.14.1 from PyPI, its CUDA build; it runs on
+#     CPU) with a pip constraint file pinning torch and what came with it,
+#     exported as PIP_CONSTRAINT=/etc/pip/constraint.txt, like NGC does;
 #   * no EXTERNALLY-MANAGED marker, so pip installs into the system python;
 #   * WORKDIR /workspace.
+#
+# Where Python 3.12 comes from: Debian bookworm packages only 3.11 and trixie
+# only 3.13, and python.org is not reachable from CI. This machine image (CI's
+# is the same) has a CPython 3.12 build under pyenv, compiled on this Debian 12
+# against bookworm's libraries. It is copied into a bookworm rootfs at
+# /usr/local, as the official python:3.12-bookworm images install their own
+# build, together with the bookworm runtime libraries its extension modules
+# link (libssl3, libffi8, ...). Nothing is compiled and the Python minor is
+# NGC's; the rootfs has no Debian python3 at all, so `python3` cannot be 3.11.
+# The build checks that every extension module finds its libraries. A trixie
+# rootfs (3.13) would have been self-contained but runs another minor than NGC.
+#
+# torch and its nvidia-* dependencies are big: about 2.5 GB of wheels from
+# PyPI, 5.6 GB installed. The whole build takes about 3.5 minutes here (2
+# cores); the download is a small part of it, so no wheel cache is kept (pip's
+# HTTP cache stays empty behind this CI's egress proxy anyway).
 #
 # It is imported with `podman import` under STANDIN_IMAGE (a name of its own,
 # never an nvcr.io name, so a stand-in can never be mistaken for, or silently
@@ -19,21 +36,28 @@
 # of that name already exists locally (FORCE=1 rebuilds).
 #
 # Environment (all optional):
-#   STANDIN_IMAGE  image name       (default localhost/mimo-launch/standin-pytorch:bookworm-torch2.13.0-cpu)
-#   TORCH_WHEEL    torch wheel file (default /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl)
-#   DEBIAN_MIRROR  mirror URL       (default http://deb.debian.org/debian)
-#   HOST_CA_BUNDLE CA bundle used for pip's downloads while building
-#                  (default /etc/ssl/certs/ca-certificates.crt of the host)
-#   FORCE=1        rebuild even if the image exists
+#   STANDIN_IMAGE     image name (default, container/common.sh:
+#                     localhost/mimo-launch/standin-pytorch:bookworm-py3.12-torch2.14.1)
+#   STANDIN_PYTHON    Python minor (default 3.12); STANDIN_TORCH torch (default 2.14.1)
+#   PYTHON_PREFIX     installation prefix of a CPython STANDIN_PYTHON built for
+#                     Debian 12 (default: newest $PYENV_ROOT/versions/3.12.*,
+#                     PYENV_ROOT defaulting to /root/.pyenv)
+#   DEBIAN_MIRROR     mirror URL       (default http://deb.debian.org/debian)
+#   HOST_CA_BUNDLE    CA bundle used for pip's downloads while building
+#                     (default /etc/ssl/certs/ca-certificates.crt of the host)
+#   FORCE=1           rebuild even if the image exists
 #
 # Prints the image name as its last line. Must run as root.
 set -euo pipefail
+# shellcheck source=container/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-STANDIN_IMAGE=${STANDIN_IMAGE:-localhost/mimo-launch/standin-pytorch:bookworm-torch2.13.0-cpu}
-TORCH_WHEEL=${TORCH_WHEEL:-/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-HOST_CA_BUNDLE=${HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 SUITE=bookworm
+PY=$STANDIN_PYTHON
+# The bookworm libraries that CPython's extension modules link (ssl, ctypes,
+# sqlite3, readline, curses, dbm, nis, pyexpat, ...); minbase has the rest.
+RUNTIME_LIBS=ca-certificates,libssl3,libffi8,libsqlite3-0,libexpat1,libreadline8,libncursesw6,libgdbm6,libgdbm-compat4,libnsl2,libtirpc3
 
 log() { echo "build_standin_base: $*" >&2; }
 
@@ -51,10 +75,15 @@ if [[ ${FORCE:-0} != 1 ]] && podman image exists "$STANDIN_IMAGE"; then
     exit 0
 fi
 
-if [[ ! -f $TORCH_WHEEL ]]; then
-    log "torch wheel not found: $TORCH_WHEEL (set TORCH_WHEEL)"
+if [[ -z ${PYTHON_PREFIX:-} ]]; then
+    PYTHON_PREFIX=$(find "${PYENV_ROOT:-/root/.pyenv}/versions" -maxdepth 1 -name "$PY.*" 2>/dev/null | sort -V | tail -n 1 || true)
+fi
+if [[ ! -x ${PYTHON_PREFIX:-/nonexistent}/bin/python$PY ]] \
+    || [[ $("$PYTHON_PREFIX/bin/python$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) != "$PY" ]]; then
+    log "no CPython $PY found (looked for ${PYTHON_PREFIX:-${PYENV_ROOT:-/root/.pyenv}/versions/$PY.*}/bin/python$PY; set PYTHON_PREFIX to a CPython $PY prefix built on Debian 12)"
     exit 1
 fi
+PYTHON_PREFIX=$(realpath "$PYTHON_PREFIX")
 if [[ ! -f $HOST_CA_BUNDLE ]]; then
     log "CA bundle not found: $HOST_CA_BUNDLE (set HOST_CA_BUNDLE)"
     exit 1
@@ -68,50 +97,39 @@ cleanup() {
 }
 trap cleanup EXIT
 rootfs=$work/rootfs
+start=$SECONDS
 
-log "debootstrap $SUITE (minbase + python3) into $rootfs"
+log "debootstrap $SUITE (minbase + the libraries CPython links) into $rootfs"
 # In a private mount namespace too: debootstrap mounts /proc etc. in the target.
 unshare --mount --propagation private -- debootstrap --variant=minbase \
-    --include=python3,python3-pip,python3-venv,python-is-python3,ca-certificates \
-    "$SUITE" "$rootfs" "$DEBIAN_MIRROR" >"$work/debootstrap.log" 2>&1 || {
+    --include="$RUNTIME_LIBS" "$SUITE" "$rootfs" "$DEBIAN_MIRROR" >"$work/debootstrap.log" 2>&1 || {
     tail -n 40 "$work/debootstrap.log" >&2
     log "debootstrap failed"
     exit 1
 }
 
-wheel_name=$(basename "$TORCH_WHEEL")
-cp "$TORCH_WHEEL" "$rootfs/tmp/$wheel_name"
-
-# The install script that runs inside the rootfs. torch comes from the local
-# wheel; its pure-Python dependencies come from PyPI.
-cat >"$rootfs/tmp/standin-setup.sh" <<SETUP
-set -euo pipefail
-export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
-export PIP_DEFAULT_TIMEOUT=180
-rm -f /usr/lib/python3*/EXTERNALLY-MANAGED
-python3 -m pip install --no-cache-dir "/tmp/$wheel_name"
-# Like NGC's /etc/pip/constraint.txt: pin torch and everything installed with
-# it, so that later installs cannot replace them.
-mkdir -p /etc/pip
-site=\$(python3 -c 'import sysconfig; print(sysconfig.get_path("purelib", "posix_local"))')
-{
-    echo "# Stand-in for the NGC image's pip constraint file: the packages"
-    echo "# preinstalled in this base (torch and its dependencies) are pinned."
-    python3 -m pip list --format=freeze --path "\$site"
-} >/etc/pip/constraint.txt
-grep -q '^torch==' /etc/pip/constraint.txt
-python3 -c 'import torch; print("standin torch", torch.__version__)'
-rm -f "/tmp/$wheel_name" /tmp/standin-setup.sh
-apt-get clean
-rm -rf /var/lib/apt/lists/* /root/.cache /var/cache/debconf/*-old /var/log/*.log
-mkdir -p /workspace
-SETUP
+log "copying CPython $("$PYTHON_PREFIX/bin/python$PY" -V 2>&1 | cut -d' ' -f2) from $PYTHON_PREFIX to /usr/local"
+# The interpreter, its shared library, the standard library and the headers;
+# not its site-packages (pip comes from ensurepip), tests, or tkinter/IDLE (no
+# X libraries in the image), nor the static libpython.
+lib=lib/python$PY
+mapfile -t shared < <(cd "$PYTHON_PREFIX" && compgen -G "lib/libpython$PY*.so*" || true)
+build_prefix=$("$PYTHON_PREFIX/bin/python$PY" -c 'import sysconfig; print(sysconfig.get_config_var("prefix"))')
+tar -C "$PYTHON_PREFIX" -cf - \
+    --exclude="$lib/site-packages/*" --exclude="$lib/test" --exclude="$lib/idlelib" \
+    --exclude="$lib/tkinter" --exclude="$lib/turtledemo" --exclude="$lib/lib-dynload/_tkinter*" \
+    --exclude="$lib/config-*/libpython*.a" \
+    "bin/python$PY" "$lib" "include/python$PY" "${shared[@]}" \
+    | tar -C "$rootfs/usr/local" -xf -
+# Build-time paths in sysconfig (used when compiling extensions) name the prefix.
+sed -i "s#$build_prefix#/usr/local#g" "$rootfs/usr/local/$lib"/_sysconfigdata_*.py
+cp "$REPO_ROOT/container/standin_setup.sh" "$rootfs/tmp/standin_setup.sh"
 
 # Runs in a private mount namespace (unshare below): its mounts disappear with
 # it, even on error, and never show on the host.
 cat >"$work/enter.sh" <<'ENTER'
 set -euo pipefail
-rootfs=$1 ca=$2
+rootfs=$1 ca=$2 py=$3 torch=$4
 mount -t proc proc "$rootfs/proc"
 mount --bind /dev "$rootfs/dev"
 mount --bind /sys "$rootfs/sys"
@@ -121,12 +139,14 @@ cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
 mount --bind -o ro "$ca" "$rootfs/etc/ssl/certs/ca-certificates.crt"
 exec chroot "$rootfs" /usr/bin/env -i \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    HOME=/root LANG=C.UTF-8 /bin/bash /tmp/standin-setup.sh
+    HOME=/root LANG=C.UTF-8 /bin/bash /tmp/standin_setup.sh "$py" "$torch"
 ENTER
 
-log "installing $wheel_name into the rootfs"
-unshare --mount --propagation private -- bash "$work/enter.sh" "$rootfs" "$HOST_CA_BUNDLE"
+log "installing pip and torch==$STANDIN_TORCH from PyPI"
+unshare --mount --propagation private -- bash "$work/enter.sh" \
+    "$rootfs" "$HOST_CA_BUNDLE" "$PY" "$STANDIN_TORCH"
 : >"$rootfs/etc/resolv.conf"
+log "rootfs ready after $((SECONDS - start))s: $(du -sh --one-file-system "$rootfs" | cut -f1)"
 
 log "importing the rootfs as $STANDIN_IMAGE"
 created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -137,12 +157,12 @@ tar -C "$rootfs" --numeric-owner --xattrs -cf - . | podman import \
     --change 'WORKDIR /workspace' \
     --change 'CMD ["/bin/bash"]' \
     --change 'LABEL org.opencontainers.image.title="mimo-launch stand-in base"' \
-    --change 'LABEL org.opencontainers.image.description="Local stand-in for nvcr.io/nvidia/pytorch: Debian bookworm, CPU torch, pip constraint file. For CI only, never push."' \
+    --change "LABEL org.opencontainers.image.description=\"Local stand-in for nvcr.io/nvidia/pytorch: Debian $SUITE, Python $PY, torch $STANDIN_TORCH from PyPI, pip constraint file. For CI only, never push.\"" \
     --change "LABEL org.opencontainers.image.created=$created" \
     --change 'LABEL io.github.mimo-launch.standin=true' \
-    --message "mimo-launch stand-in base ($SUITE, $wheel_name)" \
+    --message "mimo-launch stand-in base ($SUITE, Python $PY, torch $STANDIN_TORCH)" \
     - "$STANDIN_IMAGE" >/dev/null
 
 podman image exists "$STANDIN_IMAGE"
-log "built $STANDIN_IMAGE ($(podman image inspect --format '{{.Size}}' "$STANDIN_IMAGE") bytes)"
+log "built $STANDIN_IMAGE in $((SECONDS - start))s ($(podman image inspect --format '{{.Size}}' "$STANDIN_IMAGE") bytes)"
 echo "$STANDIN_IMAGE"

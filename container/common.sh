@@ -12,8 +12,12 @@ MIMO_VERSION=${MIMO_VERSION:-0.0.0}
 # The image that container/build.sh makes and container/smoke.sh runs.
 IMAGE=${IMAGE:-localhost/mimo-launch:$MIMO_VERSION}
 
-# The local stand-in for the NGC base (container/build_standin_base.sh).
-STANDIN_IMAGE=${STANDIN_IMAGE:-localhost/mimo-launch/standin-pytorch:bookworm-torch2.13.0-cpu}
+# The local stand-in for the NGC base (container/build_standin_base.sh): the
+# Python minor of nvcr.io/nvidia/pytorch:25.12-py3, and a torch from PyPI for it.
+# The tag names both; the build checks that the image really has them.
+STANDIN_PYTHON=${STANDIN_PYTHON:-3.12}
+STANDIN_TORCH=${STANDIN_TORCH:-2.14.1}
+STANDIN_IMAGE=${STANDIN_IMAGE:-localhost/mimo-launch/standin-pytorch:bookworm-py$STANDIN_PYTHON-torch$STANDIN_TORCH}
 
 # The host's CA bundle, mounted into builds and runs so that pip works behind a
 # TLS-intercepting egress proxy (harmless elsewhere).

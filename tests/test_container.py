@@ -8,8 +8,13 @@ Runs the real chain of container/*.sh scripts, as CI does on a fresh machine:
   container/build.sh                the Dockerfile, FROM the stand-in
   container/smoke.sh                `mimo-launch` inside the image, report.json must pass
 
+The stand-in runs what the real base runs: Python 3.12 (NGC 25.12's), so that
+the image built on it resolves megatron-core 0.19.x as on NGC, and
+test_image_runs_the_ngc_python_and_megatron_core checks it inside the image.
+
 Needs root (apt-get, debootstrap, rootful podman) and the network to Debian's
-mirrors and PyPI. About three minutes on a fresh machine, under a minute when
+mirrors and PyPI. About six minutes on a fresh machine (the stand-in base:
+torch 2.14.1 with its CUDA libraries, about 2.5 GB from PyPI), 40 seconds when
 the base image and the layers are cached.
 """
 
@@ -24,11 +29,16 @@ import time
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 CONTAINER = REPO / "container"
 # A tag of its own, so the test never overwrites an image someone built by hand.
 TEST_IMAGE = "localhost/mimo-launch:test"
+# What nvcr.io/nvidia/pytorch:25.12-py3 (the Dockerfile's base) runs: Python
+# 3.12, on which `pip install .` resolves megatron-core 0.19.x (0.17+ need 3.12).
+NGC_PYTHON = (3, 12)
+MIN_MEGATRON_CORE = (0, 19)
 
 pytestmark = [
     pytest.mark.container,
@@ -182,7 +192,7 @@ def test_image_keeps_base_torch_and_has_metadata(image: dict[str, object]) -> No
     # Nothing from the developer's tree that .dockerignore keeps out.
     leak = _podman_run(
         str(image["image"]), "bash", "-c",
-        "find / -xdev \\( -name .venv -o -name .git -o -name tests -path '*mimo_launch*' \\) -print",
+        "find / -xdev \\( -name '.venv*' -o -name .git -o -name tests -path '*mimo_launch*' \\) -print",
     )
     _check(leak, "find")
     assert leak.stdout.strip() == "", leak.stdout
@@ -201,6 +211,33 @@ def test_image_keeps_base_torch_and_has_metadata(image: dict[str, object]) -> No
         if line.startswith("version")
     )
     assert labels["org.opencontainers.image.version"] == version
+
+
+def _versions(image: str) -> dict[str, str]:
+    """Python, torch and megatron-core versions inside an image, as its python reports them."""
+    probe = (
+        "import json, sys; from importlib import metadata as m\n"
+        "v = {'python': '%d.%d.%d' % sys.version_info[:3]}\n"
+        "for d in ('torch', 'megatron-core'):\n"
+        "    try: v[d] = m.version(d)\n"
+        "    except m.PackageNotFoundError: pass\n"
+        "print(json.dumps(v))"
+    )
+    proc = _podman_run(image, "python", "-c", probe)
+    _check(proc, f"versions in {image}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_image_runs_the_ngc_python_and_megatron_core(image: dict[str, object]) -> None:
+    """The stack the container test runs is the one NGC 25.12 gives users."""
+    base = _versions(str(image["base"]))
+    got = _versions(str(image["image"]))
+    print(f"\nbase: {base}\nimage: {got}")
+    assert Version(base["python"]).release[:2] == NGC_PYTHON, base
+    assert Version(got["python"]).release[:2] == NGC_PYTHON, got
+    assert "megatron-core" in got, got
+    assert Version(got["megatron-core"]).release[:2] >= MIN_MEGATRON_CORE, got
+    assert got["torch"] == base["torch"], (base, got)
 
 
 def test_code_change_reuses_the_dependency_layer(image: dict[str, object], tmp_path: Path) -> None:
