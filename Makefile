@@ -56,7 +56,7 @@ test: $(STAMP) $(STAMP312) system-deps
 	$(MAKE) --no-print-directory test-py312
 
 # The Python 3.12 / newest megatron-core leg alone.
-test-py312: $(STAMP312) system-deps
+test-py312: $(STAMP312)
 	$(VENV312)/bin/python -m pytest -v -rs -p no:cacheprovider $(PY312_TESTS) $(PYTEST_ARGS)
 
 # Without the Slurm and container tests (no root needed).
