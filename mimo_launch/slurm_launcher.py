@@ -47,6 +47,7 @@ class Allocation:
     tasks_per_node: int
     gpus_per_node: int
     device: str  # 'cuda' (nccl) or 'cpu' (gloo)
+    time_min: int = 20  # the job's time limit, minutes
 
 
 def _count(cluster, key: str, default=None, minimum: int = 1):
@@ -86,7 +87,10 @@ def allocation(settings: LaunchSettings) -> Allocation:
     if requested == "cuda" and not gpus:
         raise UsageError("device=cuda but cluster.gpus_per_node=0")
     device = "cpu" if requested == "cpu" or not gpus else "cuda"
-    return Allocation(nodes, tasks, gpus, device)
+    minutes = _count(cluster, "time_min", 20)
+    if minutes is None:
+        raise UsageError("cluster.time_min must be an integer >= 1 (minutes), got None")
+    return Allocation(nodes, tasks, gpus, device, minutes)
 
 
 def _as_list(value) -> list[str]:
@@ -117,6 +121,13 @@ def srun_args(cluster) -> list[str]:
     return args + _as_list(cluster.get("srun_args"))
 
 
+def warning_signal_s(time_min: int) -> int:
+    """Seconds before the time limit at which Slurm signals the job (submitit's USR2, sbatch
+    `--signal`): submitit's 90 s, but at most a quarter of the limit, so that a short limit
+    (`cluster.time_min=1`) does not signal a healthy job at its start."""
+    return min(90, time_min * 60 // 4)
+
+
 def make_executor(settings: LaunchSettings, alloc: Allocation):
     """A submitit SlurmExecutor for the cluster config, its folder inside the run directory."""
     from submitit import SlurmExecutor
@@ -129,7 +140,8 @@ def make_executor(settings: LaunchSettings, alloc: Allocation):
         raise UsageError("srun not found: run mimo-launch cluster=... on a Slurm login node, "
                          "or use cluster=local") from None
     params = dict(job_name=str(cluster.get("job_name") or "mimo-launch"), nodes=alloc.nodes,
-                  ntasks_per_node=alloc.tasks_per_node, time=int(cluster.get("time_min", 20)),
+                  ntasks_per_node=alloc.tasks_per_node, time=alloc.time_min,
+                  signal_delay_s=warning_signal_s(alloc.time_min),
                   setup=setup_lines(cluster), srun_args=srun_args(cluster))
     for key in ("partition", "account", "qos", "cpus_per_task"):
         if cluster.get(key) is not None:

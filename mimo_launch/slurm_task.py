@@ -30,8 +30,10 @@ from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 3
+# Rendezvous ports 20000-31999: below Linux's ephemeral range (32768-60999 by default), where any
+# outgoing connection on the node may hold a port for a while.
 PORT_BASE = 20000
-PORT_SPAN = 20000
+PORT_SPAN = 12000
 # Written by rank 0 when Slurm stops the step: the phase each rank had entered, by rank.
 PHASES_NAME = "phases.json"
 
@@ -64,7 +66,8 @@ def first_node(nodelist: str) -> str:
 
 
 def master_port(job_id: int) -> int:
-    """A port derived from the job id, so concurrent jobs on shared nodes do not collide."""
+    """A port derived from the job id, so concurrent jobs on shared nodes do not collide:
+    `PORT_BASE + job_id % PORT_SPAN` (20000-31999), or `MIMO_MASTER_PORT` where set."""
     override = os.environ.get("MIMO_MASTER_PORT")
     return int(override) if override else PORT_BASE + job_id % PORT_SPAN
 
@@ -174,7 +177,7 @@ def run_task(job) -> int:
 
     Raises on failure, like run_rank. The allocation must have `job.world_size` tasks.
     """
-    from .rank_runner import run_rank, tcp_store
+    from .rank_runner import run_rank
 
     me = slurm_rank()
     if me.world_size != job.world_size:
@@ -182,10 +185,27 @@ def run_task(job) -> int:
                            f"{job.world_size}")
     export_env(me)
     stopper = _StopOnSigterm(job, me)
-    store = tcp_store(me.rank, me.world_size, me.master_addr, me.master_port, job.timeout_s)
+    store = rendezvous_store(me, job.timeout_s)
     stopper.connect()
     local = gpu_index(me.local_rank) if job.device == "cuda" else me.local_rank
     return run_rank(job, me.rank, store, local_rank=local)
+
+
+def rendezvous_store(me: SlurmRank, timeout_s: float):
+    """The job's TCPStore on rank 0's node (`rank_runner.tcp_store`). Raises RuntimeError naming
+    the port and `MIMO_MASTER_PORT` when rank 0 cannot listen on it (another process holds it)."""
+    import torch.distributed as dist
+
+    from .rank_runner import tcp_store
+
+    try:
+        return tcp_store(me.rank, me.world_size, me.master_addr, me.master_port, timeout_s)
+    except dist.DistNetworkError as exc:
+        if me.rank != 0 or "EADDRINUSE" not in str(exc):
+            raise
+        raise RuntimeError(f"rank 0 cannot listen on port {me.master_port} of {me.master_addr}: "
+                           f"another process holds it; set MIMO_MASTER_PORT to a free port "
+                           f"(e.g. cluster.env.MIMO_MASTER_PORT=29500)") from None
 
 
 def main(argv: list[str] | None = None) -> int:

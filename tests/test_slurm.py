@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from mimo_launch.app_config import UsageError, load_settings
-from mimo_launch.slurm_launcher import allocation, task_errors
-from mimo_launch.slurm_task import first_node, master_port, slurm_rank
+from mimo_launch.slurm_launcher import allocation, task_errors, warning_signal_s
+from mimo_launch.slurm_task import (SlurmRank, first_node, master_port, rendezvous_store,
+                                    slurm_rank)
 
 from conftest import MIMO_LAUNCH, REPO
 
@@ -40,6 +41,30 @@ def test_slurm_variables_decide_the_rendezvous_not_an_inherited_master_addr():
         slurm_rank({})
 
 
+def test_the_warning_signal_never_comes_at_a_short_jobs_start():
+    # submitit's USR2 90 s before the limit fired at once with time_min=1 (a healthy job died)
+    assert [warning_signal_s(m) for m in (1, 2, 5, 6, 20)] == [15, 30, 75, 90, 90]
+
+
+def test_rendezvous_ports_stay_below_the_ephemeral_range():
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {master_port(job) for job in range(0, 100_000, 7)}
+    assert min(ports) == 20000 and max(ports) < min(low, 32768)
+
+
+def test_a_taken_rendezvous_port_names_mimo_master_port():
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        me = SlurmRank(rank=0, world_size=2, local_rank=0, job_id=1, master_addr="127.0.0.1",
+                       master_port=port)
+        with pytest.raises(RuntimeError, match=f"cannot listen on port {port} .*MIMO_MASTER_PORT"):
+            rendezvous_store(me, timeout_s=5)
+
+
 def _settings(*overrides):
     return load_settings(["cluster=slurm", *overrides])
 
@@ -54,6 +79,11 @@ def _settings(*overrides):
      "world size 8 is not a multiple of cluster.tasks_per_node=3"),
     (["cluster.gpus_per_node=0", "cluster.tasks_per_node=4", "device=cuda"],
      "device=cuda but cluster.gpus_per_node=0"),
+    (["cluster.time_min=0"], "cluster.time_min must be an integer >= 1, got 0"),
+    (["cluster.time_min=-5"], "cluster.time_min must be an integer >= 1, got -5"),
+    (["cluster.time_min=1.9"], "cluster.time_min must be an integer >= 1, got 1.9"),
+    (["cluster.time_min=abc"], "cluster.time_min must be an integer >= 1, got 'abc'"),
+    (["cluster.time_min=null"], "cluster.time_min must be an integer >= 1 (minutes), got None"),
 ])
 def test_allocation_that_does_not_fit_the_layout_is_refused(overrides, message):
     with pytest.raises(UsageError) as err:
@@ -143,11 +173,14 @@ def _last_job_id() -> int:
 
 @pytest.mark.slurm
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("preset,nodes", [("vlm_8", 2), ("vlm_16", 4)])
-def test_layout_spreads_over_the_nodes(slurm_cluster, preset, nodes, tmp_path):
+@pytest.mark.parametrize("preset,nodes,minutes", [("vlm_8", 2, 1), ("vlm_16", 4, 20)])
+def test_layout_spreads_over_the_nodes(slurm_cluster, preset, nodes, minutes, tmp_path):
+    """Also: a one-minute time limit does not kill a healthy job (submitit's warning signal
+    came 90 s before the limit, so at once)."""
     run_dir = tmp_path / "run"
     proc = _cli("cluster=local_slurm", f"mimo={preset}", f"hydra.run.dir={run_dir}",
-                cwd=tmp_path, MASTER_ADDR="inherited.invalid", MASTER_PORT="1")
+                f"cluster.time_min={minutes}", cwd=tmp_path, MASTER_ADDR="inherited.invalid",
+                MASTER_PORT="1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"job \d+ (PENDING|RUNNING)", proc.stdout), proc.stdout
     assert "PASSED" in proc.stdout and f"report: {run_dir / 'report.json'}" in proc.stdout
