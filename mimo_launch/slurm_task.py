@@ -73,7 +73,8 @@ def master_port(job_id: int) -> int:
 
 
 def slurm_rank(env=None) -> SlurmRank:
-    """This task's place from Slurm's variables; RuntimeError outside a Slurm task."""
+    """This task's place from Slurm's variables (the step's: rank, task count and nodes of the
+    srun step, which may be part of the allocation); RuntimeError outside a Slurm task."""
     env = os.environ if env is None else env
     missing = [k for k in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_JOB_ID", "SLURM_JOB_NODELIST")
                if k not in env]
@@ -81,10 +82,11 @@ def slurm_rank(env=None) -> SlurmRank:
         raise RuntimeError(f"not inside a Slurm task ({', '.join(missing)} not set): run this "
                            f"through srun, or use mimo-launch")
     job_id = int(env["SLURM_JOB_ID"])
+    # the step's nodes: a step on part of the allocation (srun -w n3,n4) has rank 0 on n3
+    nodes = env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"]
     return SlurmRank(rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
                      local_rank=int(env.get("SLURM_LOCALID", 0)), job_id=job_id,
-                     master_addr=first_node(env["SLURM_JOB_NODELIST"]),
-                     master_port=master_port(job_id))
+                     master_addr=first_node(nodes), master_port=master_port(job_id))
 
 
 def export_env(me: SlurmRank) -> None:

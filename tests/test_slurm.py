@@ -39,6 +39,8 @@ def test_slurm_variables_decide_the_rendezvous_not_an_inherited_master_addr():
     assert first_node("n1") == "n1"
     with pytest.raises(RuntimeError, match="not inside a Slurm task"):
         slurm_rank({})
+    step = slurm_rank(env | {"SLURM_STEP_NODELIST": "gpu[09-10]"})  # srun -w on part of it
+    assert step.master_addr == "gpu09"
 
 
 def test_the_warning_signal_never_comes_at_a_short_jobs_start():
@@ -219,6 +221,29 @@ def test_failed_verification_exits_1(slurm_cluster, tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "mismatch" in proc.stdout
     assert json.loads((run_dir / "report.json").read_text())["mismatches"]
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(150)
+def test_a_step_on_part_of_the_allocation_meets_on_its_own_first_node(slurm_cluster, tmp_path):
+    """A 4-node job whose step runs on n3 and n4 only: rank 0 is on n3, so every task must
+    dial n3, not n1 (the allocation's first node). The local nodes share one host, where
+    dialing n1 would work by accident: so each task prints where it dials, from real Slurm's
+    step variables, and the whole layout also passes there."""
+    run_dir = tmp_path / "run"
+    where = (f"{sys.executable} -c 'from mimo_launch.slurm_task import slurm_rank; "
+             f"me = slurm_rank(); print(me.rank, me.world_size, me.master_addr)'")
+    steps = (f"srun -n 8 -N 2 -w n3,n4 {where} && srun -n 8 -N 2 -w n3,n4 {sys.executable} "
+             f"-m mimo_launch.slurm_task cluster=local_slurm hydra.run.dir={run_dir}")
+    job = subprocess.run(["sbatch", "--parsable", "--wait", "-N", "4", "--ntasks-per-node=4",
+                          "--time=5", f"--output={tmp_path / 'job.out'}", f"--wrap={steps}"],
+                         capture_output=True, text=True, timeout=140, cwd=tmp_path)
+    out = (tmp_path / "job.out").read_text()
+    assert job.returncode == 0, job.stderr + out
+    dialed = sorted(ln.split() for ln in out.splitlines() if re.fullmatch(r"\d+ 8 n\d", ln))
+    assert dialed == sorted([str(r), "8", "n3"] for r in range(8)), out
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["passed"] and report["hosts"] == ["n3"] * 4 + ["n4"] * 4
 
 
 @pytest.mark.slurm
