@@ -55,7 +55,17 @@ def can_skip_non_member_groups() -> bool:
         return False
     return (isinstance(getattr(world, "group_count", None), int)
             and getattr(default, "bound_device_id", None) is None
-            and os.environ.get("TORCH_DIST_INIT_BARRIER", "0") != "1")
+            and not _barrier_after_each_group())
+
+
+def _barrier_after_each_group() -> bool:
+    """Whether torch puts a world-wide barrier after every `new_group`: it reads
+    `TORCH_DIST_INIT_BARRIER` as an integer (so '01' and ' 1' count); a value it cannot read
+    counts as yes (torch itself would fail on it: do not guess)."""
+    try:
+        return int(os.environ.get("TORCH_DIST_INIT_BARRIER", "0")) == 1
+    except ValueError:
+        return True
 
 
 def skip_non_member_groups(count: int) -> None:
@@ -113,6 +123,7 @@ def _load_grid_module_alone() -> None:
     grid_spec.loader.exec_module(grid)
     sys.modules["megatron.core"] = core
     core_spec.loader.exec_module(core)  # lazy: runs the package init on first attribute use
+    core.hyper_comm_grid = grid  # as an import of the submodule sets it (kept through the init)
     megatron.core = core
 
 

@@ -27,7 +27,7 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)
     modules: dict[str, dict] = field(default_factory=dict)
     hosts: list[str] = field(default_factory=list)
-    new_group_calls: int | None = None  # groups created world-wide (distinct member lists)
+    new_group_calls: int | None = None  # groups created world-wide (one per module, kind, list)
     member_new_group_calls: int | None = None  # dist.new_group calls rank 0 really made
     failure: str | None = None
     failed_phase: str | None = None
@@ -133,7 +133,7 @@ def detail_lines(report: Report, max_mismatches: int = 20, timings: bool = True)
         times = "  ".join(f"{k} {v:.3f}s" for k, v in report.timings.items())
         lines.append(f"  timings: {times}")
     if report.new_group_calls is not None:
-        line = f"  groups created: {report.new_group_calls} distinct member lists"
+        line = f"  groups created: {report.new_group_calls} (one per module, kind and member list)"
         if report.member_new_group_calls is not None:
             line += f" (rank 0 called new_group {report.member_new_group_calls} times)"
         lines.append(line)

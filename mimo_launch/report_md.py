@@ -60,7 +60,7 @@ def render_report_md(report: Report, picture: str | None = None, plan=None) -> s
         out += _table(["phase", "seconds"], [[k, f"{v:.3f}"] for k, v in report.timings.items()])
         out.append("")
     if report.new_group_calls is not None:
-        line = f"Groups created: {report.new_group_calls} distinct member lists"
+        line = f"Groups created: {report.new_group_calls} (one per module, kind and member list)"
         if report.member_new_group_calls is not None:
             line += f" (rank 0 called `new_group` {report.member_new_group_calls} times)"
         out += [line, ""]

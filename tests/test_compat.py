@@ -102,26 +102,38 @@ def test_light_import_is_the_same_class_and_megatron_core_still_imports(env, lig
         "import json, sys\n"
         "from mimo_launch.mimo_builder import HyperCommGrid\n"
         "light = 'megatron.core.parallel_state' not in sys.modules\n"
+        "import megatron.core.hyper_comm_grid\n"
+        "attr = megatron.core.hyper_comm_grid.HyperCommGrid is HyperCommGrid\n"
         "from megatron.core.hyper_comm_grid import HyperCommGrid as theirs\n"
         "from megatron.core import parallel_state\n"
-        "print(json.dumps({'light': light, 'same': HyperCommGrid is theirs,\n"
+        "import megatron.core\n"
+        "after = megatron.core.hyper_comm_grid.HyperCommGrid is HyperCommGrid\n"
+        "print(json.dumps({'light': light, 'same': HyperCommGrid is theirs, 'attr': attr,\n"
+        "                  'after': after,\n"
         "                  'ps': hasattr(parallel_state, 'initialize_model_parallel')}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
-        "light": light, "same": True, "ps": True}
+        "light": light, "same": True, "attr": True, "after": True, "ps": True}
 
 
 def test_counter_skip_is_off_where_torch_would_barrier(tmp_path, run_world):
+    """torch reads TORCH_DIST_INIT_BARRIER as an integer: '01' and ' 1' turn its barrier on
+    too (the skip then hung the build); '0' and '00' leave it off."""
+    values = ["1", "01", " 1", "x", "0", "00"]
+
     def body(rank):
         before = compat.can_skip_non_member_groups()
-        os.environ["TORCH_DIST_INIT_BARRIER"] = "1"
-        barrier = compat.can_skip_non_member_groups()
+        barrier = []
+        for value in values:
+            os.environ["TORCH_DIST_INIT_BARRIER"] = value
+            barrier.append(compat.can_skip_non_member_groups())
         del os.environ["TORCH_DIST_INIT_BARRIER"]
         os.environ[compat.NO_FAST_PATHS] = "1"
         off = compat.can_skip_non_member_groups()
         return [before, barrier, off, isinstance(compat.group_count(), int)]
 
-    assert run_world(tmp_path, 1, body, 30) == [[True, False, False, True]]
+    assert run_world(tmp_path, 1, body, 30) == [
+        [True, [False, False, False, False, True, True], False, True]]
