@@ -119,10 +119,10 @@ class LaunchSettings:
 def world_size_of(cfg: DictConfig, layout: MimoParallelismConfig) -> int:
     world = cfg.mimo.get("world_size")
     if world is None:
-        world = layout.implied_world_size()
-        if world is None:
+        if any(m.data_parallel_size is None for m in layout.module_parallelisms.values()):
             raise UsageError("mimo.world_size is not set and some module has dp=null: give "
                              "mimo.world_size or every module's dp")
+        world = layout.total_world_size
     if isinstance(world, bool) or not isinstance(world, int) or world < 1:
         raise UsageError(f"mimo.world_size must be a positive integer, got {world!r}")
     return world

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .group_kinds import EMBEDDING_GROUPS, GRID_DIMS, GRID_GROUPS, dims_of
-from .mimo_config import MimoParallelismConfig, ModuleParallelismConfig
+from .mimo_config import MimoParallelismConfig, ModuleParallelismConfig, as_mimo_config
 
 # Array axis of each dim in the (dp, pp, ep, cp, tp) array, slowest first.
 _AXIS = {"dp": 0, "pp": 1, "ep": 2, "cp": 3, "tp": 4}
@@ -59,7 +59,7 @@ def _module_grid(mod: ModuleParallelismConfig) -> np.ndarray:
     shape = (mod.data_parallel_size, mod.pipeline_model_parallel_size,
              mod.expert_tensor_parallel_size, mod.context_parallel_size,
              mod.tensor_model_parallel_size)
-    return np.arange(mod.rank_offset, mod.rank_offset + mod.size, dtype=np.int64).reshape(shape)
+    return np.arange(mod.rank_offset, mod.rank_offset + mod.total_ranks, dtype=np.int64).reshape(shape)
 
 
 def grid_groups(grid: np.ndarray, kind: str) -> np.ndarray:
@@ -94,13 +94,14 @@ def layout_module(name: str, mod: ModuleParallelismConfig, world_size: int) -> M
     shape = dict(zip(GRID_DIMS, (mod.tensor_model_parallel_size, mod.context_parallel_size,
                                  mod.expert_tensor_parallel_size,
                                  mod.pipeline_model_parallel_size, mod.data_parallel_size)))
-    return ModuleLayout(name, mod.rank_offset, mod.size, shape, groups, index,
+    return ModuleLayout(name, mod.rank_offset, mod.total_ranks, shape, groups, index,
                         first_stage, last_stage)
 
 
 def expected_layout(cfg: MimoParallelismConfig, world_size: int) -> ExpectedLayout:
-    """Validate `cfg` for `world_size` ranks and lay out every module's groups."""
-    resolved = cfg.validate(world_size)
+    """Validate `cfg` (also Bridge's config objects, `as_mimo_config`) for `world_size` ranks
+    and lay out every module's groups."""
+    resolved = as_mimo_config(cfg).validate(world_size)
     modules = {name: layout_module(name, mod, world_size)
                for name, mod in resolved.module_parallelisms.items()}
     return ExpectedLayout(world_size, modules)

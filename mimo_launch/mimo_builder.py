@@ -17,7 +17,7 @@ import torch.distributed as dist
 from . import compat
 from .group_factory import GroupFactory, paused_gc
 from .group_kinds import GRID_DIMS, GRID_GROUPS, dims_of
-from .mimo_config import MimoParallelismConfig
+from .mimo_config import MimoParallelismConfig, as_mimo_config
 
 HyperCommGrid = compat.load_hypercomm_grid()
 # torch >= 2.13 names it all_gather_single (all_gather_into_tensor warns there); both public
@@ -27,6 +27,9 @@ _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather
 def build_hypercomm_grids(cfg: MimoParallelismConfig, *,
                           timeout: timedelta | None = None) -> dict[str, HyperCommGrid]:
     """One HyperCommGrid per module, in config order, with every SPEC group created.
+
+    `cfg`: this package's MimoParallelismConfig, finalized or not, or Megatron-Bridge's own
+    config object with the same field names (duck-typed, `as_mimo_config`).
 
     Collective: grids and groups are created on all ranks; a rank outside a module's range
     gets `None` from that grid's `get_pg`. Each (grid, kind) has its own process group
@@ -40,7 +43,7 @@ def build_hypercomm_grids(cfg: MimoParallelismConfig, *,
 
 
 def _build_grids(cfg: MimoParallelismConfig, factory: GroupFactory) -> dict[str, HyperCommGrid]:
-    resolved = cfg.validate(dist.get_world_size())
+    resolved = as_mimo_config(cfg).validate(dist.get_world_size())
     grids: dict[str, HyperCommGrid] = {}
     with paused_gc():
         for name, mod in resolved.module_parallelisms.items():
@@ -198,6 +201,7 @@ class MimoGroups:
 def build_mimo_groups(cfg: MimoParallelismConfig, phase=None,
                       timeout: timedelta | None = None) -> MimoGroups:
     """Build the grids and embedding groups of every module; collective over the world.
+    `cfg` as for `build_hypercomm_grids` (Bridge's config objects too).
 
     The grids are `build_hypercomm_grids`'; each module's embedding groups are made as
     `populate_embedding_and_position_groups` makes them, but from the grid's own enumeration of

@@ -93,7 +93,7 @@ CHECKS = ("members", "consistency", "collective", "stage")  # verify.Mismatch.ch
 def module_summary(layout: MimoParallelismConfig) -> dict[str, dict]:
     """Per module of a validated layout: its sizes and rank range, as the report records them."""
     return {name: {"shape": mod.shape, "first_rank": mod.rank_offset,
-                   "end_rank": mod.rank_offset + mod.size}
+                   "end_rank": mod.rank_offset + mod.total_ranks}
             for name, mod in layout.module_parallelisms.items()}
 
 

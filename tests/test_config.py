@@ -104,6 +104,6 @@ def test_module_order_is_kept_and_sizes_add_up():
     cfg = layout(vision=dict(tp=2, cp=2, etp=1, dp=1), language=dict(pp=2, dp=2, rank_offset=4))
     resolved = cfg.validate(8)
     assert resolved.module_names == ["vision", "language"]
-    assert resolved.module_parallelisms["vision"].model_parallel_size == 4
+    assert resolved.module_parallelisms["vision"].total_model_parallel_size == 4
     assert resolved.module_parallelisms["language"].rank_range == range(4, 8)
     assert ModuleParallelismConfig().data_parallel_size is None

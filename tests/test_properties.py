@@ -66,12 +66,12 @@ def test_oracle_invariants(case):
     for name, mod in exp.modules.items():
         spec = resolved.module_parallelisms[name]
         inside = np.zeros(world_size, dtype=bool)
-        inside[spec.rank_offset:spec.rank_offset + spec.size] = True
+        inside[spec.rank_offset:spec.rank_offset + spec.total_ranks] = True
         covered += inside
         for kind in GRID_GROUPS:
             groups = mod.groups[kind]
             want = math.prod(mod.shape[d] for d in dims_of(kind))
-            assert groups.shape == (spec.size // want, want)
+            assert groups.shape == (spec.total_ranks // want, want)
             # disjoint, covering the module exactly, members ascending
             assert sorted(groups.ravel().tolist()) == list(spec.rank_range)
             assert (np.diff(groups, axis=1) > 0).all()
