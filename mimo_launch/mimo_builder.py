@@ -188,6 +188,20 @@ class MimoGroups:
     new_group_calls: int = 0
     member_calls: int = 0
 
+    @property
+    def module_names(self) -> list[str]:
+        return list(self.modules)
+
+    def group(self, module: str, kind: str):
+        """Module `module`'s group of `kind` (group_kinds.ALL_GROUPS), None where this rank
+        has none."""
+        return self.modules[module].group(kind)
+
+    def stage(self, module: str) -> tuple[bool, bool]:
+        """(first, last) pipeline stage of this rank in `module` (True, True outside it)."""
+        mg = self.modules[module]
+        return mg.is_first_stage, mg.is_last_stage
+
     def destroy(self) -> None:
         """Destroy every group of these modules this rank belongs to, each once (per rank, no
         collective): each grid's (`destroy_grid`), then the embedding groups."""

@@ -54,25 +54,29 @@ def _members(group) -> list[int] | None:
 def local_record(groups: MimoGroups) -> tuple[np.ndarray, list]:
     """Run the all-reduce in every group; return fingerprints (M, SLOTS, 5) and member lists.
 
+    `groups`: a MimoGroups, or a `pg_collections.MimoProcessGroups`, whose groups are read as
+    they sit in each module's ProcessGroupCollection (SPEC section 5): anything with
+    `module_names`, `group(module, kind)` and `stage(module)`.
+
     Collective: all ranks visit (module, group) in the same order, so each all-reduce meets
     all its members. Each group object is all-reduced once (a builder that handed one object
     to several slots is checked once for them), and all of them are in flight together: their
     latencies overlap.
     """
     device, me = comm_device(), dist.get_rank()
-    record = np.zeros((len(groups.modules), SLOTS, fpr.N_FIELDS), dtype=np.int64)
+    record = np.zeros((len(groups.module_names), SLOTS, fpr.N_FIELDS), dtype=np.int64)
     slots: dict[int, tuple[object, list]] = {}  # id(group) -> (group, [(m, k), ...])
     members: list[list] = []
-    for m, mg in enumerate(groups.modules.values()):
+    for m, name in enumerate(groups.module_names):
         module_members = []
         for k, kind in enumerate(ALL_GROUPS):
-            group = mg.group(kind)
+            group = groups.group(name, kind)
             ranks = _members(group)
             module_members.append(ranks)
             record[m, k] = fpr.of_members(ranks, 0)
             if group is not None:
                 slots.setdefault(id(group), (group, []))[1].append((m, k))
-        record[m, STAGE_SLOT, :2] = (mg.is_first_stage, mg.is_last_stage)
+        record[m, STAGE_SLOT, :2] = groups.stage(name)
         members.append(module_members)
     pending = []
     for group, where in slots.values():
@@ -210,11 +214,13 @@ def _collect_details(slots: torch.Tensor | None, members: list, device) -> dict:
 def verify(groups: MimoGroups, layout: ExpectedLayout, host: str) -> tuple[Verdict, float]:
     """Check this world's groups against `layout`; collective. Returns (verdict, seconds).
 
-    `host` names this rank's node in the report. Only rank 0 gets the mismatches.
+    `groups`: a MimoGroups or a MimoProcessGroups (then the collections' groups are
+    checked), as `local_record` takes. `host` names this rank's node in the report. Only
+    rank 0 gets the mismatches.
     """
     t0 = time.perf_counter()
-    if list(groups.modules) != list(layout.modules):
-        raise ValueError(f"built modules {list(groups.modules)} differ from the expected "
+    if groups.module_names != list(layout.modules):
+        raise ValueError(f"built modules {groups.module_names} differ from the expected "
                          f"{list(layout.modules)}")
     me, world = dist.get_rank(), dist.get_world_size()
     if world != layout.world_size:
