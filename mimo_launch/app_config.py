@@ -114,6 +114,9 @@ class LaunchSettings:
     expected: MimoParallelismConfig | None = None  # verify against this layout instead
     fault: FaultSpec = field(default_factory=FaultSpec)
     plan: "PlanOptions" = field(default_factory=lambda: PlanOptions())  # mode=plan only
+    entrypoint: str | None = None  # 'pkg.module:function' after a passing verification
+    entrypoint_dir: str | None = None  # where it is imported from (the working directory)
+    entrypoint_timeout_s: float = 600.0
 
 
 def world_size_of(cfg: DictConfig, layout: MimoParallelismConfig) -> int:
@@ -155,13 +158,29 @@ def resolve_device(requested: str, ranks_per_machine: int) -> str:
 MAX_TIMEOUT_S = 7 * 24 * 3600
 
 
-def check_timeout(value) -> float:
-    """`timeout_s` as seconds: a finite number in (0, one week]."""
+def check_timeout(value, name: str = "timeout_s") -> float:
+    """`timeout_s` (or the setting `name`) as seconds: a finite number in (0, one week]."""
     if (isinstance(value, bool) or not isinstance(value, (int, float))
             or not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S):
-        raise UsageError(f"timeout_s must be a number of seconds in (0, {MAX_TIMEOUT_S}], "
+        raise UsageError(f"{name} must be a number of seconds in (0, {MAX_TIMEOUT_S}], "
                          f"got {value!r}")
     return float(value)
+
+
+def entrypoint_from(value) -> tuple[str | None, str | None]:
+    """`entrypoint` as ('pkg.module:function', the directory it is imported from), or
+    (None, None) when unset. The function is imported here, before any rank starts; a bad
+    value raises UsageError (one line)."""
+    if value is None or value == "":
+        return None, None
+    from .entrypoint import EntrypointError, resolve_entrypoint
+
+    search_dir = os.getcwd()
+    try:
+        resolve_entrypoint(value, search_dir)
+    except EntrypointError as exc:
+        raise UsageError(str(exc)) from None
+    return value, search_dir
 
 
 def preset_layout(name: str, world_size: int) -> MimoParallelismConfig:
@@ -246,9 +265,12 @@ def load_settings(overrides: list[str]) -> LaunchSettings:
                              f"{list(layout.module_parallelisms)}")
     fault = fault_from(cfg.get("fault"), world)
     plan = plan_from(cfg.get("plan"), world)
+    entrypoint, entrypoint_dir = entrypoint_from(cfg.get("entrypoint"))
+    entrypoint_timeout_s = check_timeout(cfg.get("entrypoint_timeout_s", 600),
+                                         "entrypoint_timeout_s")
     run_dir = Path(cfg.hydra.run.dir).expanduser().absolute()
     return LaunchSettings(layout, world, device, timeout_s, run_dir, cfg.cluster, cfg, expected,
-                          fault, plan)
+                          fault, plan, entrypoint, entrypoint_dir, entrypoint_timeout_s)
 
 
 def claim_output(settings: LaunchSettings) -> LaunchSettings:

@@ -25,6 +25,8 @@ Overrides are Hydra's, e.g.:
   mimo-launch --cfg                             print the composed config and exit
   mimo-launch mode=plan plan.rank=5             print the layout and rank 5's groups; start
                                                 nothing (mimo=large_16k: 16,384 ranks)
+  mimo-launch entrypoint=pkg.module:function    after a passing verification, run your function
+                                                on every rank with its verified groups
 Exit codes: 0 passed, 1 mismatch, 2 bad input, 3 failure while running, 130 interrupted."""
 
 

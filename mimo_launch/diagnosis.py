@@ -10,7 +10,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .phases import PHASES, missing_ranks, rank_failure, rank_phase
+from .phases import ALL_PHASES, missing_ranks, rank_failures, rank_phase
 from .rank_text import format_rank_set
 
 
@@ -58,15 +58,17 @@ class Diagnosis:
     ranks: list[int] = field(default_factory=list)
 
 
-def _first_failed_phase(failures: list[str]) -> str | None:
+def _first_failed_phase(failures: list[tuple[int, str]]) -> str | None:
     """The earliest phase any rank recorded an error in."""
-    seen = {message.split(":", 1)[0] for message in failures}
-    ordered = [p for p in PHASES if p in seen]
+    seen = {message.split(":", 1)[0] for _, message in failures}
+    ordered = [p for p in ALL_PHASES if p in seen]
     return ordered[0] if ordered else None
 
 
 def diagnose(store, world_size: int, exits: list[RankExit], reason: str | None) -> Diagnosis:
-    """Blame ranks that died, else ranks that never arrived at the phase that failed.
+    """Blame ranks that died, else ranks that never arrived at the phase that failed, else the
+    rank whose error in that phase was recorded first (later errors there are often its peers'
+    collectives breaking).
 
     `reason` is the launcher's own cause (watchdog, Ctrl-C) when no rank died.
     """
@@ -78,19 +80,26 @@ def diagnose(store, world_size: int, exits: list[RankExit], reason: str | None) 
         where = f" in phase '{phase}'" if phase else ""
         text = "; ".join(e.describe() for e in died)
         return Diagnosis(f"{text}{where}; the other ranks were stopped", phase, ranks)
-    failures = [m for m in (rank_failure(store, r) for r in range(world_size)) if m]
+    failures = rank_failures(store, world_size)
     phase = _first_failed_phase(failures)
     if phase is None:
         phases = [rank_phase(store, r) for r in range(world_size)]
-        reached = [p for p in PHASES if p in phases]
+        reached = [p for p in ALL_PHASES if p in phases]
         phase = reached[-1] if reached else "init"
-    missing = missing_ranks(store, phase, world_size)
-    if missing:
-        head = f"phase '{phase}': rank(s) {format_rank_set(missing)} did not arrive"
+    in_phase = [(r, m) for r, m in failures if m.split(":", 1)[0] == phase]
+    ranks = missing_ranks(store, phase, world_size)
+    if ranks:
+        head = f"phase '{phase}': rank(s) {format_rank_set(ranks)} did not arrive"
+    elif in_phase:
+        ranks = [in_phase[0][0]]
+        head = f"phase '{phase}': rank {ranks[0]} failed"
+        if len(in_phase) > 1:
+            head += f" first (then rank(s) {format_rank_set(sorted(r for r, _ in in_phase[1:]))})"
     else:
         head = f"phase '{phase}' failed"
     if reason:
         head += f" ({reason})"
     elif failures:
-        head += f"; first error: {failures[0]}"
-    return Diagnosis(head, phase, missing)
+        rank, message = (in_phase or failures)[0]
+        head += f"; first error: rank {rank}: {message}"
+    return Diagnosis(head, phase, ranks)

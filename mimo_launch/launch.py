@@ -12,7 +12,9 @@ def rank_job(settings: LaunchSettings) -> RankJob:
     return RankJob(layout=settings.layout, world_size=settings.world_size,
                    run_dir=str(settings.run_dir), timeout_s=settings.timeout_s,
                    device=settings.device, expected=settings.expected,
-                   fault=settings.fault)
+                   fault=settings.fault, entrypoint=settings.entrypoint,
+                   entrypoint_dir=settings.entrypoint_dir,
+                   entrypoint_timeout_s=settings.entrypoint_timeout_s)
 
 
 def check_local_allocation(settings: LaunchSettings) -> None:
@@ -51,6 +53,11 @@ def launch(settings: LaunchSettings) -> int:
         print(f"mimo-launch: error: unknown cluster.launcher {launcher!r}", file=sys.stderr)
         return 2
     from .local_launcher import launch_local
+
+    if settings.entrypoint:  # megatron-core's package init once here, not in every rank
+        from .pg_collections import process_group_collection_class
+
+        process_group_collection_class()
 
     print(f"mimo-launch: {settings.world_size} ranks on this machine "
           f"({'NCCL on GPUs' if settings.device == 'cuda' else 'gloo on CPU'}); "

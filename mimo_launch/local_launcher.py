@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from .diagnosis import RankExit, diagnose, tail
 from .rank_runner import RankJob, run_rank
-from .report import Report, module_summary, read_report, write_report
+from .report import Report, module_summary, read_report, record_failure, write_report
 
 EXIT_FAILURE = 3
 _POLL_S = 0.05
@@ -205,7 +205,12 @@ def _wait(pids: dict[int, int], watchdog_s: float, store, on_tick) -> LocalRun:
 
 def launch_local(job: RankJob, watchdog_s: float | None = None,
                  on_tick: ProgressHook | None = None) -> Report:
-    """Run `job`'s ranks here; return rank 0's report, or a failure report (also written)."""
+    """Run `job`'s ranks here; return rank 0's report, or a failure report (also written).
+
+    The whole run is bounded by `watchdog_s` (default: 4 x timeout_s + 30 s, plus
+    `entrypoint_timeout_s` when the job has an entry point)."""
+    if watchdog_s is None and job.entrypoint:
+        watchdog_s = 4 * job.timeout_s + 30 + job.entrypoint_timeout_s
     run = fork_ranks(job.world_size, Path(job.run_dir), job.timeout_s,
                      lambda rank, store: run_rank(job, rank, store, local_rank=rank),
                      watchdog_s, on_tick)
@@ -226,11 +231,9 @@ def _failure_report(job: RankJob, run: LocalRun, partial: Report | None) -> Repo
         if log_tail:
             message += f"\nlast lines of {log_path(run_dir, rank)}:\n{log_tail}"
     report = partial or Report(passed=False, world_size=job.world_size, backend=job.backend,
-                               modules=module_summary(job.layout.validate(job.world_size)))
-    report.passed = False
-    report.failure = message
-    report.failed_phase = diagnosis.phase
-    report.failed_ranks = diagnosis.ranks
+                               modules=module_summary(job.layout.validate(job.world_size)),
+                               entrypoint=job.entrypoint)
+    record_failure(report, message, diagnosis.phase, diagnosis.ranks)
     report.interrupted = run.interrupted
     write_report(run_dir, report)
     return report

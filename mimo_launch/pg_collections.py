@@ -10,6 +10,7 @@ asked for: its module runs megatron-core's whole package init (seconds per proce
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -27,8 +28,11 @@ _FIELD_OF_KIND = {kind: name for name, kind in COLLECTION_FIELDS.items()}
 
 def process_group_collection_class() -> type:
     """megatron-core's `ProcessGroupCollection` (present, with a keyword constructor, in
-    0.16.1 through 0.19.x); the first call costs megatron-core's package init."""
-    from megatron.core.process_groups_config import ProcessGroupCollection
+    0.16.1 through 0.19.x); the first call costs megatron-core's package init, whose warnings
+    about optional packages (Transformer Engine, Apex) are not shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.process_groups_config import ProcessGroupCollection
 
     return ProcessGroupCollection
 

@@ -5,7 +5,10 @@ applies an injected fault if one targets it, and waits (at most `timeout_s`) unt
 arrived. A rank that died or hung therefore stops every other rank within the timeout, and the
 error names the ranks that did not arrive, on any backend. Keys (all under `mimo/`):
 `phase/<rank>` the phase a rank is in, `arrived/<phase>/<rank>`, `count/<phase>` arrivals,
-`open/<phase>` set by the last arrival, `fail/<rank>` a rank's error.
+`open/<phase>` set by the last arrival, `fail/<rank>` a rank's error (numbered in the order
+the errors were recorded, `failures` counts them), `finished/<phase>/<rank>`,
+`finishes/<phase>` and `closed/<phase>`: the same for leaving a phase (`PhaseTracker.finish`).
+After a passing verification, a run with an entry point has one more phase, `entrypoint`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from datetime import timedelta
 
 from .rank_text import format_rank_set
 
-PHASES = ("init", "grids", "embedding", "verify")
+PHASES = ("init", "grids", "embedding", "verify")  # the builder's phases, every run
+ENTRYPOINT_PHASE = "entrypoint"  # the user's function, after a passing verification
+ALL_PHASES = PHASES + (ENTRYPOINT_PHASE,)
 _FAULT_KINDS = ("kill_rank", "hang_rank")
 
 
@@ -55,8 +60,8 @@ class FaultSpec:
             if not 0 <= rank < world_size:
                 raise ValueError(f"fault.{kind}={rank} is not a rank of the world "
                                  f"[0, {world_size})")
-        if self.active and self.phase not in PHASES:
-            raise ValueError(f"fault.phase must be one of {', '.join(PHASES)} when a fault is "
+        if self.active and self.phase not in ALL_PHASES:
+            raise ValueError(f"fault.phase must be one of {', '.join(ALL_PHASES)} when a fault is "
                              f"set, got {self.phase!r}")
         return self
 
@@ -100,30 +105,51 @@ class PhaseTracker:
         self.timings[name] = time.perf_counter() - start
 
     def _arrive(self, name: str) -> None:
-        self.store.set(_key("arrived", name, self.rank), "1")
-        if self.store.add(_key("count", name), 1) == self.world_size:
-            self.store.set(_key("open", name), "1")
+        self._mark(name, "arrived", "count", "open")
+        self._wait(name, "open", "arrived", self.timeout, "did not arrive")
+
+    def finish(self, name: str) -> None:
+        """Record that this rank has left phase `name` (no waiting)."""
+        self._mark(name, "finished", "finishes", "closed")
+
+    def wait_finished(self, name: str, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) until every rank has left phase `name`; else PhaseError
+        naming the ranks that have not (named on rank 0 only)."""
+        self._wait(name, "closed", "finished", timedelta(seconds=timeout_s), "did not finish")
+
+    def _mark(self, name: str, mark: str, count: str, gate: str) -> None:
+        self.store.set(_key(mark, name, self.rank), "1")
+        if self.store.add(_key(count, name), 1) == self.world_size:
+            self.store.set(_key(gate, name), "1")
+
+    def _wait(self, name: str, gate: str, mark: str, timeout: timedelta, verb: str) -> None:
         try:
-            self.store.wait([_key("open", name)], self.timeout)
+            self.store.wait([_key(gate, name)], timeout)
         except Exception:  # noqa: BLE001 - the store raises its own error types on timeout
-            missing = missing_ranks(self.store, name, self.world_size) if self.rank == 0 else None
-            who = (f"rank(s) {format_rank_set(missing)} did not arrive" if missing
-                   else "not every rank arrived")
-            raise PhaseError(name, f"{who} within {self.timeout.total_seconds():.0f}s",
+            missing = (_unmarked(self.store, mark, name, self.world_size) if self.rank == 0
+                       else None)
+            who = f"rank(s) {format_rank_set(missing)}" if missing else "some rank(s)"
+            raise PhaseError(name, f"{who} {verb} within {timeout.total_seconds():.0f}s",
                              missing) from None
 
     def record_failure(self, exc: BaseException) -> None:
-        """Leave this rank's error in the store for whoever writes the report (best effort)."""
+        """Leave this rank's error in the store, numbered in the order errors arrive, for
+        whoever writes the report (best effort)."""
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         try:
-            self.store.set(_key("fail", self.rank), f"{self.current}: {message}"[:500])
+            seq = self.store.add(_key("failures"), 1)
+            self.store.set(_key("fail", self.rank), f"{seq}|{self.current}: {message}"[:500])
         except Exception:  # noqa: BLE001 - the store may be gone with rank 0
             pass
 
 
+def _unmarked(store, mark: str, phase: str, world_size: int) -> list[int]:
+    return [r for r in range(world_size) if not store.check([_key(mark, phase, r)])]
+
+
 def missing_ranks(store, phase: str, world_size: int) -> list[int]:
     """Ranks that have not arrived at `phase` (one store look-up per rank: failure path only)."""
-    return [r for r in range(world_size) if not store.check([_key("arrived", phase, r)])]
+    return _unmarked(store, "arrived", phase, world_size)
 
 
 def arrivals(store, phase: str) -> int:
@@ -137,7 +163,13 @@ def rank_phase(store, rank: int) -> str | None:
     return store.get(key).decode() if store.check([key]) else None
 
 
-def rank_failure(store, rank: int) -> str | None:
-    """The error `rank` recorded, if any."""
-    key = _key("fail", rank)
-    return store.get(key).decode() if store.check([key]) else None
+def rank_failures(store, world_size: int) -> list[tuple[int, str]]:
+    """(rank, 'phase: error') of every rank that recorded an error, first recorded first (one
+    store look-up per rank: failure path only)."""
+    found = []
+    for rank in range(world_size):
+        key = _key("fail", rank)
+        if store.check([key]):
+            seq, _, message = store.get(key).decode().partition("|")
+            found.append((int(seq), rank, message))
+    return [(rank, message) for _, rank, message in sorted(found)]

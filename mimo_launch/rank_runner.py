@@ -15,11 +15,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .entrypoint import EntrypointContext, resolve_entrypoint, run_entrypoint
 from .layout_oracle import expected_layout
 from .mimo_builder import build_mimo_groups
 from .mimo_config import MimoParallelismConfig
-from .phases import FaultSpec, PhaseTracker
-from .report import Report, module_summary, write_report
+from .pg_collections import process_group_collection_class, process_group_collections
+from .phases import ENTRYPOINT_PHASE, FaultSpec, PhaseTracker
+from .report import Report, module_summary, read_report, record_failure, write_report
 from .verify import verify
 
 
@@ -28,7 +30,9 @@ class RankJob:
     """Everything a rank needs to run; picklable, so Slurm tasks receive it as is.
 
     `expected` verifies against another layout than the one built (to show the verifier fails);
-    `fault` makes one rank die or hang in one phase (rehearsals and tests).
+    `fault` makes one rank die or hang in one phase (rehearsals and tests); `entrypoint`
+    ('pkg.module:function', resolved from `entrypoint_dir` first) runs after a passing
+    verification, each rank's call bounded by `entrypoint_timeout_s`.
     """
 
     layout: MimoParallelismConfig
@@ -38,6 +42,9 @@ class RankJob:
     device: str = "cpu"  # 'cpu' (gloo) or 'cuda' (nccl, one GPU per rank)
     expected: MimoParallelismConfig | None = None
     fault: FaultSpec = field(default_factory=FaultSpec)
+    entrypoint: str | None = None
+    entrypoint_dir: str | None = None
+    entrypoint_timeout_s: float = 600.0
 
     @property
     def backend(self) -> str:
@@ -79,38 +86,69 @@ def report_timings(tracker: PhaseTracker) -> dict[str, float]:
 def run_rank(job: RankJob, rank: int, store, local_rank: int = 0) -> int:
     """Run one rank to the end; return its exit code (0 pass, 1 mismatch).
 
-    Raises on any failure, after leaving the error in `store` (rank 0 also writes a failed
-    report.json). Rank 0 writes report.json into `job.run_dir`.
+    With `job.entrypoint`, the groups are verified as they sit in each module's
+    ProcessGroupCollection and, once verification has passed, the entry point runs
+    (`entrypoint.run_entrypoint`). Raises on any failure, after leaving the error in `store`
+    (rank 0 also writes a failed report.json). Rank 0 writes report.json into `job.run_dir`.
     """
     torch.set_num_threads(1)
     tracker = PhaseTracker(store, rank, job.world_size, job.timeout_s, job.fault)
     layout = job.layout
+
+    def fail(exc: BaseException) -> None:
+        tracker.record_failure(exc)
+        if rank == 0:
+            _write_failure(job, tracker, layout, exc)
+
     try:
         layout = job.layout.validate(job.world_size)
+        function = None
+        if job.entrypoint:  # imports (seconds) before the first barrier, not inside one
+            function = resolve_entrypoint(job.entrypoint, job.entrypoint_dir)
+            process_group_collection_class()
         with tracker.phase("init"):
             init_distributed(rank, job.world_size, job.backend, job.timeout_s, store,
                              local_rank)
         groups = build_mimo_groups(layout, phase=tracker.phase,
                                    timeout=timedelta(seconds=job.timeout_s))
         with tracker.phase("verify"):
+            checked = process_group_collections(groups) if function else groups
             expected = expected_layout(job.expected or layout, job.world_size)
-            verdict, _ = verify(groups, expected, node_name())
+            verdict, _ = verify(checked, expected, node_name())
     except Exception as exc:
-        tracker.record_failure(exc)
-        if rank == 0:
-            write_report(Path(job.run_dir), Report(
-                passed=False, world_size=job.world_size, backend=job.backend,
-                timings=report_timings(tracker), modules=module_summary(layout),
-                failure=str(exc), failed_phase=tracker.current,
-                failed_ranks=getattr(exc, "missing", None) or []))
+        fail(exc)
         raise
+    report = Report(
+        passed=verdict.passed, world_size=job.world_size, backend=job.backend,
+        mismatches=[vars(m) for m in verdict.mismatches], timings=report_timings(tracker),
+        modules=module_summary(layout), hosts=verdict.hosts,
+        new_group_calls=groups.new_group_calls, member_new_group_calls=groups.member_calls,
+        entrypoint=job.entrypoint)
     if rank == 0:
-        write_report(Path(job.run_dir), Report(
-            passed=verdict.passed, world_size=job.world_size, backend=job.backend,
-            mismatches=[vars(m) for m in verdict.mismatches], timings=report_timings(tracker),
-            modules=module_summary(layout), hosts=verdict.hosts,
-            new_group_calls=groups.new_group_calls,
-            member_new_group_calls=groups.member_calls))
+        write_report(Path(job.run_dir), report)
+    if verdict.passed and function is not None:
+        context = EntrypointContext(rank, job.world_size, Path(job.run_dir), layout, checked)
+        try:
+            run_entrypoint(job.entrypoint, function, context, tracker,
+                           job.entrypoint_timeout_s, fail)
+        except Exception as exc:
+            fail(exc)
+            raise
+        if rank == 0:
+            report.timings = report_timings(tracker)
+            report.entrypoint_finished = True
+            write_report(Path(job.run_dir), report)
     groups.destroy()
     dist.destroy_process_group()
     return 0 if verdict.passed else 1
+
+
+def _write_failure(job: RankJob, tracker: PhaseTracker, layout, exc: BaseException) -> None:
+    """Rank 0's report of its own failure; in the entry point it keeps the verification's."""
+    run_dir = Path(job.run_dir)
+    report = read_report(run_dir) if tracker.current == ENTRYPOINT_PHASE else None
+    report = report or Report(passed=False, world_size=job.world_size, backend=job.backend,
+                              modules=module_summary(layout), entrypoint=job.entrypoint)
+    report.timings = report_timings(tracker)
+    ranks = getattr(exc, "missing", None) or ([0] if tracker.current == ENTRYPOINT_PHASE else [])
+    write_report(run_dir, record_failure(report, str(exc), tracker.current, ranks))

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .mimo_config import MimoParallelismConfig
+from .phases import ENTRYPOINT_PHASE
 
 REPORT_NAME = "report.json"
 
@@ -33,13 +34,22 @@ class Report:
     failed_phase: str | None = None
     failed_ranks: list[int] = field(default_factory=list)
     interrupted: bool = False
+    entrypoint: str | None = None  # 'pkg.module:function' run after a passing verification
+    entrypoint_finished: bool = False  # it returned on every rank
+
+    @property
+    def awaiting_entrypoint(self) -> bool:
+        """Verification passed and the entry point has not finished on every rank (yet)."""
+        return (self.entrypoint is not None and self.passed and not self.failure
+                and not self.entrypoint_finished)
 
     @property
     def exit_code(self) -> int:
-        """0 pass, 1 mismatch, 3 a failure (a rank died, hung or raised), 130 interrupted."""
+        """0 pass, 1 mismatch, 3 a failure (a rank died, hung or raised, also in the entry
+        point, or the entry point never finished), 130 interrupted."""
         if self.interrupted:
             return 130
-        if self.failure:
+        if self.failure or self.awaiting_entrypoint:
             return 3
         return 0 if self.passed else 1
 
@@ -49,6 +59,17 @@ class Report:
     @classmethod
     def from_dict(cls, data: dict) -> "Report":
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def record_failure(report: Report, message: str, phase: str | None,
+                   ranks: list[int]) -> Report:
+    """Mark `report` failed by `message` in `phase`, naming `ranks`; what it recorded before
+    (modules, timings, hosts, verification results) is kept."""
+    report.passed = False
+    report.failure = message
+    report.failed_phase = phase
+    report.failed_ranks = list(ranks)
+    return report
 
 
 _UMASK = os.umask(0)
@@ -103,6 +124,8 @@ def shape_text(shape: dict[str, int]) -> str:
 
 def verdict_line(report: Report) -> str:
     verdict = "PASSED" if report.passed and not report.failure else "FAILED"
+    if report.failed_phase == ENTRYPOINT_PHASE:
+        verdict = "PASSED, entry point FAILED"
     return (f"mimo-launch verification {verdict}: world size {report.world_size}, "
             f"backend {report.backend}")
 
@@ -137,6 +160,14 @@ def detail_lines(report: Report, max_mismatches: int = 20, timings: bool = True)
         if report.member_new_group_calls is not None:
             line += f" (rank 0 called new_group {report.member_new_group_calls} times)"
         lines.append(line)
+    if report.entrypoint:
+        if report.entrypoint_finished:
+            state = "finished on every rank"
+        elif report.failed_phase == ENTRYPOINT_PHASE or report.awaiting_entrypoint:
+            state = "did not finish"
+        else:
+            state = "not started (verification did not pass)"
+        lines.append(f"  entry point {report.entrypoint}: {state}")
     if report.failure:
         first, *rest = report.failure.splitlines()
         lines.append(f"  failure: {first}")

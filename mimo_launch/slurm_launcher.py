@@ -24,7 +24,9 @@ from .app_config import DEVICES, LaunchSettings, UsageError
 from .compat import sbatch_script
 from .diagnosis import tail as log_tail
 from .launch import rank_job
-from .report import REPORT_NAME, Report, format_summary, read_report, write_report
+from .phases import ENTRYPOINT_PHASE
+from .report import (REPORT_NAME, Report, format_summary, read_report, record_failure,
+                     write_report)
 from .slurm_task import PHASES_NAME
 
 EXIT_USAGE = 2
@@ -286,6 +288,9 @@ def conclude(job, job_id: str, files: JobFiles, interrupted: bool) -> Report:
                         failure=f"job {job_id} ended {state} before rank 0 wrote a report")
         if errors:
             report.failed_ranks = errors[0][1]
+    elif report.awaiting_entrypoint:  # rank 0 ended before it could say why
+        record_failure(report, f"job {job_id} ended {state} before the entry point finished "
+                               f"on every rank", ENTRYPOINT_PHASE, errors[0][1] if errors else [])
     elif not report.failure:
         if state == "COMPLETED" or not interrupted:
             return report  # rank 0's verdict stands; the job's end is noted in its logs

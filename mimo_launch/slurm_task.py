@@ -12,7 +12,8 @@ master address from the first node of SLURM_JOB_NODELIST and the port from the j
 inherited MASTER_ADDR / MASTER_PORT is overwritten, not read), bind to GPU `local_rank` with
 nccl, and call `rank_runner.run_rank`. SIGTERM (scancel, or a task that failed under
 `--kill-on-bad-exit=1`) ends a task at once with code 3; rank 0 first writes each rank's phase
-to phases.json and a diagnosis to report.json, unless a report is already there.
+to phases.json and a diagnosis to report.json, unless a report is already there (other than
+one still waiting for the entry point to finish).
 """
 
 from __future__ import annotations
@@ -158,20 +159,23 @@ class _StopOnSigterm:
     def _report(self) -> None:
         from .diagnosis import diagnose
         from .phases import rank_phase
-        from .report import Report, module_summary, read_report, write_json_atomic, write_report
+        from .report import (Report, module_summary, read_report, record_failure,
+                             write_json_atomic, write_report)
 
         run_dir = Path(self.job.run_dir)
         write_json_atomic(run_dir / PHASES_NAME, {
             str(r): rank_phase(self.probe, r) for r in range(self.job.world_size)})
-        if read_report(run_dir) is not None:
+        report = read_report(run_dir)
+        if report is not None and not report.awaiting_entrypoint:
             return
         found = diagnose(self.probe, self.job.world_size, [],
                          "Slurm stopped the job step: a task ended early or the job was "
                          "cancelled")
-        write_report(run_dir, Report(
+        report = report or Report(
             passed=False, world_size=self.job.world_size, backend=self.job.backend,
             modules=module_summary(self.job.layout.validate(self.job.world_size)),
-            failure=found.message, failed_phase=found.phase, failed_ranks=found.ranks))
+            entrypoint=self.job.entrypoint)
+        write_report(run_dir, record_failure(report, found.message, found.phase, found.ranks))
 
 
 def run_task(job) -> int:

@@ -53,6 +53,30 @@ def mismatch_run(tmp_path_factory):
     return proc, out
 
 
+def _controller_up() -> bool:
+    try:
+        return subprocess.run(["scontrol", "ping"], capture_output=True, text=True,
+                              timeout=10).stdout.count("UP") > 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The local cluster of slurm/local/, started if needed; stopped at the end if started here."""
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm cluster needs root (slurm/local/start.sh)")
+    was_up = _controller_up()
+    proc = subprocess.run(["bash", str(REPO / "slurm" / "local" / "start.sh")],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"slurm/local/start.sh failed:\n{proc.stdout}\n{proc.stderr}")
+    yield
+    if not was_up:
+        subprocess.run(["bash", str(REPO / "slurm" / "local" / "stop.sh")],
+                       capture_output=True, timeout=120)
+
+
 def collect_memberships(cfg: MimoParallelismConfig):
     """A rank body: build every module's groups and return their members as the rank sees
     them (straight from dist.get_process_group_ranks), plus its stage flags."""

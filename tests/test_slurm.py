@@ -1,6 +1,6 @@
 """Slurm: submission through submitit and the sbatch script, on the real local cluster.
 
-Tests marked `slurm` need root: a session fixture runs `slurm/local/start.sh` (n1..n4, 4 CPUs
+Tests marked `slurm` need root: a session fixture (conftest.py) runs `slurm/local/start.sh` (n1..n4, 4 CPUs
 each) and stops the cluster at the end only if this session started it. The unmarked tests
 (Slurm variables, allocation checks, the sbatch header) need no Slurm.
 """
@@ -114,30 +114,6 @@ def test_srun_task_errors_are_parsed(tmp_path):
 
 
 # --- the local Slurm cluster ----------------------------------------------------------------
-
-def _controller_up() -> bool:
-    try:
-        return subprocess.run(["scontrol", "ping"], capture_output=True, text=True,
-                              timeout=10).stdout.count("UP") > 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """The local cluster of slurm/local/, started if needed; stopped at the end if started here."""
-    if os.geteuid() != 0:
-        pytest.skip("the local Slurm cluster needs root (slurm/local/start.sh)")
-    was_up = _controller_up()
-    proc = subprocess.run(["bash", str(REPO / "slurm" / "local" / "start.sh")],
-                          capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        pytest.fail(f"slurm/local/start.sh failed:\n{proc.stdout}\n{proc.stderr}")
-    yield
-    if not was_up:
-        subprocess.run(["bash", str(REPO / "slurm" / "local" / "stop.sh")],
-                       capture_output=True, timeout=120)
-
 
 def _cli(*args, cwd: Path, timeout: float = 150, **env) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **env)

@@ -1,0 +1,33 @@
+"""Entry points for the hand-off tests (`mimo-launch entrypoint=tests.handoff_entrypoints:...`,
+run from the repository root): each misbehaves on one rank or leaves a trace."""
+
+import time
+
+import torch
+import torch.distributed as dist
+
+
+def raise_on_rank_3(ctx):
+    if ctx.rank == 3:
+        raise ValueError("rank 3 refuses")
+
+
+def hang_on_rank_5(ctx):
+    if ctx.rank == 5:
+        while True:
+            time.sleep(1)
+
+
+def return_7_on_rank_2(ctx):
+    return 7 if ctx.rank == 2 else None
+
+
+def record_groups(ctx):
+    """Write what this rank was handed: its modules, and the sum of ranks over each of its
+    collections' dp groups (a real all-reduce)."""
+    sums = {}
+    for name in ctx.process_groups.rank_modules:
+        t = torch.tensor([ctx.rank])
+        dist.all_reduce(t, group=ctx.process_groups.collections[name].dp)
+        sums[name] = int(t.item())
+    (ctx.run_dir / f"handed{ctx.rank}.txt").write_text(f"{ctx.world_size} {sums}")
