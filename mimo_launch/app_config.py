@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .mimo_config import SHORT_KEYS, MimoConfigError, MimoParallelismConfig, short_layout
-from .phases import FaultSpec
+from .phases import ENTRYPOINT_PHASE, FaultSpec
 
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("run", "plan")  # plan: print the layout and draw it; start nothing
@@ -266,6 +266,8 @@ def load_settings(overrides: list[str]) -> LaunchSettings:
     fault = fault_from(cfg.get("fault"), world)
     plan = plan_from(cfg.get("plan"), world)
     entrypoint, entrypoint_dir = entrypoint_from(cfg.get("entrypoint"))
+    if fault.phase == ENTRYPOINT_PHASE and fault.active and not entrypoint:
+        raise UsageError("fault.phase=entrypoint needs an entrypoint=pkg.module:function")
     entrypoint_timeout_s = check_timeout(cfg.get("entrypoint_timeout_s", 600),
                                          "entrypoint_timeout_s")
     run_dir = Path(cfg.hydra.run.dir).expanduser().absolute()
