@@ -19,7 +19,8 @@ After the reductions: every entry of W's gradient is Σ_d (d+1) = D(D+1)/2; of p
 Default layout (vlm_8, D = 2, H = 4): 3, 2, 12, and a total loss of 24.
 
 Supported layouts: `vision` with PP = CP = ETP = 1 (any TP), `language` with TP = CP = ETP = 1
-(any PP), equal DP sizes. Anything else raises ValueError before any communication.
+(any PP), equal DP sizes, not colocated. Anything else raises ValueError before any
+communication.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ def _check_layout(layout) -> tuple:
             (language.tensor_model_parallel_size, language.context_parallel_size,
              language.expert_tensor_parallel_size) != (1, 1, 1) or \
             vision.data_parallel_size != language.data_parallel_size or \
-            H % vision.tensor_model_parallel_size:
-        raise ValueError("examples.mimo_step needs vision PP=CP=ETP=1, language TP=CP=ETP=1 "
-                         "and equal DP sizes (e.g. mimo=vlm_8)")
+            H % vision.tensor_model_parallel_size or layout.colocated:
+        raise ValueError("examples.mimo_step needs vision PP=CP=ETP=1, language TP=CP=ETP=1, "
+                         "equal DP sizes and separate ranks (e.g. mimo=vlm_8)")
     return vision, language
 
 

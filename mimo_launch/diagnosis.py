@@ -99,7 +99,7 @@ def diagnose(store, world_size: int, exits: list[RankExit], reason: str | None) 
         head = f"phase '{phase}' failed"
     if reason:
         head += f" ({reason})"
-    elif failures:
+    if failures:
         rank, message = (in_phase or failures)[0]
         head += f"; first error: rank {rank}: {message}"
     return Diagnosis(head, phase, ranks)
