@@ -28,6 +28,14 @@ def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.Completed
                           text=True, timeout=timeout)
 
 
+def require_root(what: str) -> None:
+    """Fail, not skip, where a root-only test cannot run: `make test` must not pass without
+    running it. Machines without root deselect those tests (`make test-fast`)."""
+    if os.geteuid() != 0:
+        pytest.fail(f"{what} needs root; without root, deselect these tests: make test-fast, "
+                    f"or pytest -m 'not slurm and not container'", pytrace=False)
+
+
 @pytest.fixture
 def run_world():
     """The `world` helper below, as a fixture."""
@@ -64,8 +72,7 @@ def _controller_up() -> bool:
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """The local cluster of slurm/local/, started if needed; stopped at the end if started here."""
-    if os.geteuid() != 0:
-        pytest.skip("the local Slurm cluster needs root (slurm/local/start.sh)")
+    require_root("the local Slurm cluster (slurm/local/start.sh)")
     was_up = _controller_up()
     proc = subprocess.run(["bash", str(REPO / "slurm" / "local" / "start.sh")],
                           capture_output=True, text=True, timeout=600)

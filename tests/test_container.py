@@ -31,6 +31,8 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
+from conftest import require_root
+
 REPO = Path(__file__).resolve().parents[1]
 CONTAINER = REPO / "container"
 # A tag of its own, so the test never overwrites an image someone built by hand.
@@ -40,14 +42,12 @@ TEST_IMAGE = "localhost/mimo-launch:test"
 NGC_PYTHON = (3, 12)
 MIN_MEGATRON_CORE = (0, 19)
 
-pytestmark = [
-    pytest.mark.container,
-    pytest.mark.timeout(1200),
-    pytest.mark.skipif(
-        os.geteuid() != 0,
-        reason="needs root: apt-get, debootstrap and rootful podman/buildah",
-    ),
-]
+pytestmark = [pytest.mark.container, pytest.mark.timeout(1200)]
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    require_root("the container tests (apt-get, debootstrap, rootful podman and buildah)")
 
 
 def _env(**extra: str) -> dict[str, str]:
