@@ -66,21 +66,19 @@ class GroupFactory:
 
     `backend` and `timeout` go to every `dist.new_group` (None: torch's defaults; pass the
     run's timeout so that every collective in these groups is bounded by it).
-    `skip_non_members=None` takes the fast path where it is exact, False never does.
+    The non-member skip is taken where it is exact (`compat.can_skip_non_member_groups`).
     `new_group_calls` counts world-wide group creations (the same on every rank);
     `member_calls` counts the `dist.new_group` calls this rank really made.
     """
 
-    def __init__(self, backend: str | None = None, timeout: timedelta | None = None,
-                 skip_non_members: bool | None = None):
+    def __init__(self, backend: str | None = None, timeout: timedelta | None = None):
         self.backend = backend
         self.timeout = timeout
         self.new_group_calls = 0
         self.member_calls = 0
         self._rank = dist.get_rank()
         self._world_size = dist.get_world_size()
-        self._skip = (can_skip_non_member_groups() if skip_non_members is None
-                      else skip_non_members and can_skip_non_member_groups())
+        self._skip = can_skip_non_member_groups()
 
     def new_subgroups(self, enumeration: Iterable[Sequence[int]]) -> dist.ProcessGroup | None:
         """Create one group per member list of `enumeration` (lists of global ranks, any
