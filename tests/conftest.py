@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from mimo_launch.mimo_config import MimoParallelismConfig, short_layout
 
 REPO = Path(__file__).resolve().parent.parent
 MIMO_LAUNCH = Path(sys.executable).parent / "mimo-launch"
+# Held by the pytest session that uses the local Slurm cluster (see slurm_cluster).
+SLURM_TESTS_LOCK = "/tmp/mimo-launch-slurm-tests.lock"
 
 
 def layout(**modules) -> MimoParallelismConfig:
@@ -71,8 +74,13 @@ def _controller_up() -> bool:
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """The local cluster of slurm/local/, started if needed; stopped at the end if started here."""
+    """The local cluster of slurm/local/, started if needed; stopped at the end if started here.
+
+    One pytest session at a time uses it: a second session (another checkout, a helper) waits
+    here for the first to finish, rather than restarting the cluster under its jobs."""
     require_root("the local Slurm cluster (slurm/local/start.sh)")
+    lock = open(SLURM_TESTS_LOCK, "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     was_up = _controller_up()
     proc = subprocess.run(["bash", str(REPO / "slurm" / "local" / "start.sh")],
                           capture_output=True, text=True, timeout=600)
@@ -82,6 +90,7 @@ def slurm_cluster():
     if not was_up:
         subprocess.run(["bash", str(REPO / "slurm" / "local" / "stop.sh")],
                        capture_output=True, timeout=120)
+    lock.close()
 
 
 def collect_memberships(cfg: MimoParallelismConfig):
