@@ -15,6 +15,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .mimo_config import SHORT_KEYS, MimoConfigError, MimoParallelismConfig, short_layout
+from .health_config import KNOWN_KEYS as HEALTH_KEYS
+from .health_config import HealthSettings, health_settings
 from .phases import ENTRYPOINT_PHASE, FaultSpec
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -117,6 +119,7 @@ class LaunchSettings:
     entrypoint: str | None = None  # 'pkg.module:function' after a passing verification
     entrypoint_dir: str | None = None  # where it is imported from (the working directory)
     entrypoint_timeout_s: float = 600.0
+    health: HealthSettings | None = None  # check=health: the health stage's settings
 
 
 def world_size_of(cfg: DictConfig, layout: MimoParallelismConfig) -> int:
@@ -206,11 +209,25 @@ def section(node, name: str, known: tuple[str, ...]) -> dict:
 
 def fault_from(node, world_size: int) -> FaultSpec:
     """The `fault` node as a FaultSpec valid for `world_size` ranks."""
-    data = section(node, "fault", ("kill_rank", "hang_rank", "phase"))
+    data = section(node, "fault", ("kill_rank", "hang_rank", "phase", "slow_rank",
+                                   "slow_factor"))
     try:
         return FaultSpec(**data).validate(world_size)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def health_from(cfg: DictConfig, fault: FaultSpec) -> HealthSettings | None:
+    """`check` and the `health` node as HealthSettings (None for check=verify); a slow-rank
+    fault needs check=health, the only stage it acts in."""
+    try:
+        health = health_settings(cfg.get("check", "verify"),
+                                 section(cfg.get("health"), "health", HEALTH_KEYS))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if fault.slow_rank is not None and health is None:
+        raise UsageError("fault.slow_rank acts in the health stage only: add check=health")
+    return health
 
 
 @dataclass(frozen=True)
@@ -264,6 +281,7 @@ def load_settings(overrides: list[str]) -> LaunchSettings:
                              f"{list(expected.module_parallelisms)} differ from the layout's "
                              f"{list(layout.module_parallelisms)}")
     fault = fault_from(cfg.get("fault"), world)
+    health = health_from(cfg, fault)
     plan = plan_from(cfg.get("plan"), world)
     entrypoint, entrypoint_dir = entrypoint_from(cfg.get("entrypoint"))
     if fault.phase == ENTRYPOINT_PHASE and fault.active and not entrypoint:
@@ -272,7 +290,7 @@ def load_settings(overrides: list[str]) -> LaunchSettings:
                                          "entrypoint_timeout_s")
     run_dir = Path(cfg.hydra.run.dir).expanduser().absolute()
     return LaunchSettings(layout, world, device, timeout_s, run_dir, cfg.cluster, cfg, expected,
-                          fault, plan, entrypoint, entrypoint_dir, entrypoint_timeout_s)
+                          fault, plan, entrypoint, entrypoint_dir, entrypoint_timeout_s, health)
 
 
 def claim_output(settings: LaunchSettings) -> LaunchSettings:

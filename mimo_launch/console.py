@@ -3,8 +3,9 @@
 `PhaseProgress` is the launcher's `on_tick(store)` hook: on a terminal it draws a rich progress
 bar per phase (ranks arrived); elsewhere (CI logs, pipes) it prints one plain line when every
 rank has arrived at a phase. `print_final(report, plan)` prints the per-module table of checks
-and the phase times: rich on a terminal, `report.format_summary` otherwise. Display errors never
-break a run.
+and the phase times: rich on a terminal, `report.format_summary` otherwise; with check=health,
+a line per step of the health stage while it runs and its table at the end. Display errors
+never break a run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import sys
 import time
 
+from .health import read_progress
+from .health_report import health_lines
 from .phases import PHASES, arrivals
 from .report import (CHECKS, Report, detail_lines, format_summary, module_checks, shape_text,
                      verdict_line)
@@ -39,6 +42,7 @@ class PhaseProgress:
         self.done: set[str] = set()
         self._progress = None
         self._tasks: dict[str, int] = {}
+        self.health_step: str | None = None
 
     def __enter__(self) -> "PhaseProgress":
         return self
@@ -75,6 +79,22 @@ class PhaseProgress:
             return
         for phase in PHASES:
             self._update(phase, counts[phase])
+        self._health(store)
+
+    def _health(self, store) -> None:
+        """One line per step of the health stage as rank 0 enters it ('3/12 dp all_gather
+        64KiB'), above the bars on a terminal."""
+        try:
+            step = read_progress(store)
+        except Exception:  # noqa: BLE001 - progress is best effort
+            return
+        if step and step != self.health_step:
+            self.health_step = step
+            line = f"  [{time.monotonic() - self.start:6.1f}s] health: {step}"
+            if self._progress is not None:
+                self._progress.console.print(line, markup=False)
+            else:
+                print(line, flush=True)
 
     def finish(self, report: Report) -> None:
         """Show the end state the report records (the run may end between two ticks): every
@@ -131,7 +151,7 @@ def print_final(report: Report, plan=None, rich: bool | None = None) -> None:
             times.add_column(phase, justify="right")
         times.add_row(*(f"{v:.3f}s" for v in report.timings.values()))
         console.print(times)
-    for line in detail_lines(report, timings=False):
+    for line in detail_lines(report, timings=False) + health_lines(report.health):
         console.print(line, markup=False, soft_wrap=True)
 
 

@@ -14,7 +14,8 @@ def rank_job(settings: LaunchSettings) -> RankJob:
                    device=settings.device, expected=settings.expected,
                    fault=settings.fault, entrypoint=settings.entrypoint,
                    entrypoint_dir=settings.entrypoint_dir,
-                   entrypoint_timeout_s=settings.entrypoint_timeout_s)
+                   entrypoint_timeout_s=settings.entrypoint_timeout_s,
+                   health=settings.health)
 
 
 def check_local_allocation(settings: LaunchSettings) -> None:

@@ -208,9 +208,9 @@ def launch_local(job: RankJob, watchdog_s: float | None = None,
     """Run `job`'s ranks here; return rank 0's report, or a failure report (also written).
 
     The whole run is bounded by `watchdog_s` (default: 4 x timeout_s + 30 s, plus
-    `entrypoint_timeout_s` when the job has an entry point)."""
-    if watchdog_s is None and job.entrypoint:
-        watchdog_s = 4 * job.timeout_s + 30 + job.entrypoint_timeout_s
+    `RankJob.stages_bound_s` for an entry point and the health stage)."""
+    if watchdog_s is None and (job.entrypoint or job.health):
+        watchdog_s = 4 * job.timeout_s + 30 + job.stages_bound_s
     run = fork_ranks(job.world_size, Path(job.run_dir), job.timeout_s,
                      lambda rank, store: run_rank(job, rank, store, local_rank=rank),
                      watchdog_s, on_tick)

@@ -8,7 +8,8 @@ error names the ranks that did not arrive, on any backend. Keys (all under `mimo
 `open/<phase>` set by the last arrival, `fail/<rank>` a rank's error (numbered in the order
 the errors were recorded, `failures` counts them), `finished/<phase>/<rank>`,
 `finishes/<phase>` and `closed/<phase>`: the same for leaving a phase (`PhaseTracker.finish`).
-After a passing verification, a run with an entry point has one more phase, `entrypoint`.
+After a passing verification, `check=health` adds the phase `health`, and a run with an entry
+point one more, `entrypoint`.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from datetime import timedelta
 from .rank_text import format_rank_set
 
 PHASES = ("init", "grids", "embedding", "verify")  # the builder's phases, every run
+HEALTH_PHASE = "health"  # check=health: the health stage, after a passing verification
 ENTRYPOINT_PHASE = "entrypoint"  # the user's function, after a passing verification
-ALL_PHASES = PHASES + (ENTRYPOINT_PHASE,)
-_FAULT_KINDS = ("kill_rank", "hang_rank")
+ALL_PHASES = PHASES + (HEALTH_PHASE, ENTRYPOINT_PHASE)
+_FAULT_KINDS = ("kill_rank", "hang_rank", "slow_rank")
 
 
 class PhaseError(RuntimeError):
@@ -39,11 +41,14 @@ class PhaseError(RuntimeError):
 
 @dataclass(frozen=True)
 class FaultSpec:
-    """Make `kill_rank` die (SIGKILL) or `hang_rank` stop forever on entering `phase`."""
+    """Make `kill_rank` die (SIGKILL) or `hang_rank` stop forever on entering `phase`;
+    `slow_rank` runs every timed iteration of the health stage `slow_factor` times slower."""
 
     kill_rank: int | None = None
     hang_rank: int | None = None
     phase: str | None = None
+    slow_rank: int | None = None
+    slow_factor: float = 4.0
 
     @property
     def active(self) -> bool:
@@ -60,6 +65,9 @@ class FaultSpec:
             if not 0 <= rank < world_size:
                 raise ValueError(f"fault.{kind}={rank} is not a rank of the world "
                                  f"[0, {world_size})")
+        factor = self.slow_factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1:
+            raise ValueError(f"fault.slow_factor must be a number >= 1, got {factor!r}")
         if self.active and self.phase not in ALL_PHASES:
             raise ValueError(f"fault.phase must be one of {', '.join(ALL_PHASES)} when a fault is "
                              f"set, got {self.phase!r}")

@@ -16,11 +16,13 @@ import torch
 import torch.distributed as dist
 
 from .entrypoint import EntrypointContext, resolve_entrypoint, run_entrypoint
+from .health_config import HealthSettings
+from .health_stage import run_health_stage
 from .layout_oracle import expected_layout
 from .mimo_builder import build_mimo_groups
 from .mimo_config import MimoParallelismConfig
 from .pg_collections import process_group_collection_class, process_group_collections
-from .phases import ENTRYPOINT_PHASE, FaultSpec, PhaseTracker
+from .phases import ENTRYPOINT_PHASE, HEALTH_PHASE, FaultSpec, PhaseTracker
 from .report import Report, module_summary, read_report, record_failure, write_report
 from .verify import verify
 
@@ -32,7 +34,8 @@ class RankJob:
     `expected` verifies against another layout than the one built (to show the verifier fails);
     `fault` makes one rank die or hang in one phase (rehearsals and tests); `entrypoint`
     ('pkg.module:function', resolved from `entrypoint_dir` first) runs after a passing
-    verification, each rank's call bounded by `entrypoint_timeout_s`.
+    verification, each rank's call bounded by `entrypoint_timeout_s`; `health` (check=health)
+    runs the health stage after a passing verification, before the entry point.
     """
 
     layout: MimoParallelismConfig
@@ -45,6 +48,13 @@ class RankJob:
     entrypoint: str | None = None
     entrypoint_dir: str | None = None
     entrypoint_timeout_s: float = 600.0
+    health: HealthSettings | None = None
+
+    @property
+    def stages_bound_s(self) -> float:
+        """Seconds the stages after verification may take: entry point and health stage."""
+        return ((self.entrypoint_timeout_s if self.entrypoint else 0.0)
+                + (self.health.bound_s() + self.timeout_s if self.health else 0.0))
 
     @property
     def backend(self) -> str:
@@ -126,6 +136,15 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0) -> int:
         entrypoint=job.entrypoint)
     if rank == 0:
         write_report(Path(job.run_dir), report)
+    if verdict.passed and job.health is not None:
+        try:
+            report.health = run_health_stage(job, layout, groups, tracker, verdict.hosts)
+        except Exception as exc:
+            fail(exc)
+            raise
+        if rank == 0:
+            report.timings = report_timings(tracker)
+            write_report(Path(job.run_dir), report)
     if verdict.passed and function is not None:
         context = EntrypointContext(rank, job.world_size, Path(job.run_dir), layout, checked)
         try:
@@ -146,9 +165,10 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0) -> int:
 def _write_failure(job: RankJob, tracker: PhaseTracker, layout, exc: BaseException) -> None:
     """Rank 0's report of its own failure; in the entry point it keeps the verification's."""
     run_dir = Path(job.run_dir)
-    report = read_report(run_dir) if tracker.current == ENTRYPOINT_PHASE else None
+    after_verify = tracker.current in (HEALTH_PHASE, ENTRYPOINT_PHASE)
+    report = read_report(run_dir) if after_verify else None
     report = report or Report(passed=False, world_size=job.world_size, backend=job.backend,
                               modules=module_summary(layout), entrypoint=job.entrypoint)
     report.timings = report_timings(tracker)
-    ranks = getattr(exc, "missing", None) or ([0] if tracker.current == ENTRYPOINT_PHASE else [])
+    ranks = getattr(exc, "missing", None) or ([0] if after_verify else [])
     write_report(run_dir, record_failure(report, str(exc), tracker.current, ranks))

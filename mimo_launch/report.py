@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .health_report import health_lines
 from .mimo_config import MimoParallelismConfig
 from .phases import ENTRYPOINT_PHASE
 
@@ -36,6 +37,7 @@ class Report:
     interrupted: bool = False
     entrypoint: str | None = None  # 'pkg.module:function' run after a passing verification
     entrypoint_finished: bool = False  # it returned on every rank
+    health: dict | None = None  # check=health: the health stage's section (health_stage.py)
 
     @property
     def awaiting_entrypoint(self) -> bool:
@@ -46,12 +48,20 @@ class Report:
     @property
     def exit_code(self) -> int:
         """0 pass, 1 mismatch, 3 a failure (a rank died, hung or raised, also in the entry
-        point, or the entry point never finished), 130 interrupted."""
+        point, or the entry point never finished), 4 a health problem (a suspect group, with
+        health.fail true), 130 interrupted."""
         if self.interrupted:
             return 130
         if self.failure or self.awaiting_entrypoint:
             return 3
+        if self.passed and self.health_problem:
+            return 4
         return 0 if self.passed else 1
+
+    @property
+    def health_problem(self) -> bool:
+        """The health stage named a suspect and health.fail asks for a failing exit."""
+        return bool(self.health and self.health.get("problem") and self.health.get("fail"))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -192,4 +202,5 @@ def format_summary(report: Report, max_mismatches: int = 20) -> str:
         lines.append(f"  module {name:<12} ranks [{info['first_rank']}, {info['end_rank']})"
                      f"  {shape}  {checks_text(checks.get(name))}")
     lines.extend(detail_lines(report, max_mismatches))
+    lines.extend(health_lines(report.health))
     return "\n".join(lines)

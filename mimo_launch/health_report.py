@@ -1,0 +1,157 @@
+"""The health stage's numbers (SPEC section 6): bandwidth by nccl-tests' conventions, suspects.
+
+From every rank's timings (`health.py` records) rank 0 computes, per group (or p2p link), its
+time (the slowest member's), algbw = size / time and busbw = algbw x 2(n-1)/n (all-reduce),
+x (n-1)/n (all-gather, reduce-scatter), x 1 (send/recv), as nccl-tests' PERFORMANCE.md defines
+them (GB/s = 1e9 bytes/s). Groups are compared within their row: the same kind, op and size,
+and the same side of the node boundary (intra-node and inter-node groups differ by design).
+At each kind's largest size, a group of a row of at least two whose busbw is below
+`threshold` x the row's median is a suspect. A rank is a suspect when, on one side of the
+node boundary, every compared group it is in is a suspect; a node likewise, over the groups
+that touch it. No torch here: the launcher and the report use it too.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from .rank_text import format_rank_set
+
+GB = 1e9
+KIND_ORDER = ("tp", "cp", "ep", "dp", "dp+cp", "pp", "boundary")  # health.py's step order
+INTRA, INTER = "intra-node", "inter-node"
+
+
+def bus_factor(op: str, n: int) -> float:
+    """nccl-tests' busbw / algbw for `op` over `n` ranks (send/recv: 1)."""
+    if op == "all_reduce":
+        return 2 * (n - 1) / n
+    if op in ("all_gather", "reduce_scatter"):
+        return (n - 1) / n
+    return 1.0
+
+
+def join_groups(records: list[dict], hosts: list[str]) -> list[dict]:
+    """One entry per measured group or link: every member's record joined, its time the
+    slowest member's (seconds per iteration), algbw/busbw in GB/s, its nodes and side."""
+    joined: dict[tuple, dict] = {}
+    for rec in records:
+        key = (rec["kind"], rec["op"], rec["size"], rec["module"], tuple(rec["ranks"]))
+        entry = joined.setdefault(key, {k: rec[k] for k in ("kind", "op", "size", "module",
+                                                             "ranks")} | {"time_s": 0.0})
+        entry["time_s"] = max(entry["time_s"], rec["time_s"])
+    out = []
+    for entry in joined.values():
+        nodes = sorted({hosts[r] for r in entry["ranks"]}) if hosts else []
+        algbw = entry["size"] / entry["time_s"] / GB if entry["time_s"] > 0 else 0.0
+        entry.update(nodes=nodes, where=INTRA if len(nodes) <= 1 else INTER,
+                     algbw=algbw, busbw=algbw * bus_factor(entry["op"], len(entry["ranks"])))
+        out.append(entry)
+    return out
+
+
+def _row_key(group: dict) -> tuple:
+    return group["kind"], group["op"], group["size"], group["where"]
+
+
+def analyse(records: list[dict], hosts: list[str], threshold: float) -> dict:
+    """The report's `health` section (without the settings): `rows` (per kind, op, size and
+    side: group count and busbw min/median/max), `groups` (each with `ratio` to its row's
+    median and `suspect`), `suspects` (groups, ranks, nodes) and a one-line `headline`."""
+    groups = join_groups(records, hosts)
+    rows: dict[tuple, list[dict]] = {}
+    for g in groups:
+        rows.setdefault(_row_key(g), []).append(g)
+    largest = {}
+    for kind, op, size, _ in rows:
+        largest[(kind, op)] = max(size, largest.get((kind, op), 0))
+    table = []
+    for key, members in rows.items():
+        kind, op, size, where = key
+        bws = [g["busbw"] for g in members]
+        median = statistics.median(bws)
+        judged = size == largest[(kind, op)] and len(members) >= 2
+        for g in members:
+            g["ratio"] = g["busbw"] / median if median > 0 else 1.0
+            g["judged"] = judged
+            g["suspect"] = judged and g["ratio"] < threshold
+        table.append({"kind": kind, "op": op, "size": size, "where": where,
+                      "groups": len(members), "busbw_min": min(bws), "busbw_median": median,
+                      "busbw_max": max(bws), "suspects": sum(g["suspect"] for g in members),
+                      "judged": judged})
+    order = {kind: i for i, kind in enumerate(KIND_ORDER)}
+    table.sort(key=lambda r: (order.get(r["kind"], len(order)), r["op"], r["size"], r["where"]))
+    suspect_ranks = _all_suspect(groups, lambda g: g["ranks"])
+    suspect_nodes = _all_suspect(groups, lambda g: g["nodes"])
+    suspects = {"groups": [_describe(g) for g in groups if g["suspect"]],
+                "ranks": sorted(suspect_ranks), "nodes": sorted(suspect_nodes)}
+    return {"rows": table, "groups": groups, "suspects": suspects,
+            "problem": bool(suspects["groups"]),
+            "headline": headline(groups, suspects, threshold)}
+
+
+def _all_suspect(groups: list[dict], members) -> set:
+    """Members (ranks or nodes) all of whose judged groups on one side are suspects."""
+    seen: dict[tuple, list[bool]] = {}
+    for g in groups:
+        if g["judged"]:
+            for m in members(g):
+                seen.setdefault((m, g["where"]), []).append(g["suspect"])
+    return {m for (m, _), flags in seen.items() if all(flags)}
+
+
+def _describe(g: dict) -> str:
+    return (f"{g['module']} {g['kind']} {g['op']} ranks {format_rank_set(g['ranks'])}: "
+            f"{g['busbw']:.3g} GB/s ({g['ratio']:.2f}x median)")
+
+
+def headline(groups: list[dict], suspects: dict, threshold: float) -> str:
+    """One line: all well, or who is slow and how slow the worst group is."""
+    judged = [g for g in groups if g["judged"]]
+    if not suspects["groups"]:
+        return (f"health OK: every compared group within {threshold:g}x of its kind's median "
+                f"busbw ({len(judged)} groups compared)")
+    worst = min((g for g in groups if g["suspect"]), key=lambda g: g["ratio"])
+    who = []
+    if suspects["nodes"]:
+        who.append(f"node(s) {', '.join(suspects['nodes'])}")
+    if suspects["ranks"]:
+        who.append(f"rank(s) {format_rank_set(suspects['ranks'])}")
+    return (f"health PROBLEM: {' and '.join(who) or 'some groups'} slow: "
+            f"{len(suspects['groups'])} group(s) below {threshold:g}x of their kind's median "
+            f"busbw; worst {_describe(worst)}")
+
+
+def size_text(size: int) -> str:
+    """Bytes as nccl-tests-like short text: '64KiB', '1MiB', '1000B'."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return f"{size}B"
+
+
+TABLE_HEADER = ["kind", "op", "size", "where", "groups", "busbw min", "median", "max (GB/s)",
+                "suspects"]
+
+
+def table_rows(health: dict) -> list[list[str]]:
+    """The per-kind table as text cells (TABLE_HEADER); rows not judged show '-' suspects."""
+    return [[r["kind"], r["op"], size_text(r["size"]), r["where"], str(r["groups"]),
+             f"{r['busbw_min']:.3g}", f"{r['busbw_median']:.3g}", f"{r['busbw_max']:.3g}",
+             str(r["suspects"]) if r["judged"] else "-"] for r in health["rows"]]
+
+
+def health_lines(health: dict | None, max_suspects: int = 10) -> list[str]:
+    """Plain-text lines for the console summary: headline, table, the first suspects."""
+    if not health:
+        return []
+    rows = [TABLE_HEADER] + table_rows(health)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADER))]
+    lines = [f"  {health['headline']}",
+             f"  health stage: {health.get('seconds', 0):.2f}s, backend {health.get('backend')}"]
+    lines += ["    " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    bad = health["suspects"]["groups"]
+    lines += [f"    suspect: {text}" for text in bad[:max_suspects]]
+    if len(bad) > max_suspects:
+        lines.append(f"    ... {len(bad) - max_suspects} more suspects in report.json")
+    return lines
