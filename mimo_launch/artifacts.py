@@ -2,7 +2,8 @@
 
 `run_plan(settings)` prints the plan and draws `plan.png`/`plan.svg` into the run directory;
 no rank is started. `finish_run(settings, report)` prints the verdict, then writes `report.md`
-and `rankmap.png`/`.svg` (ranks that failed or have a mismatch in red) and names them. A
+and `rankmap.png`/`.svg` (ranks that failed or have a mismatch in red), with check=health
+`health.png`/`.svg`, and names them. A
 picture that cannot be drawn is a warning, never a different exit code.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from .app_config import LaunchSettings
 from .plan import Plan, format_plan, make_plan, ranks_per_node
 from .report import Report, module_summary, read_report
-from .report_md import write_report_md
+from .report_md import HEALTH_PICTURE, write_report_md
 
 RANKMAP_STEM = "rankmap"
 PLAN_STEM = "plan"
@@ -82,7 +83,20 @@ def write_artifacts(settings: LaunchSettings, report: Report, plan: Plan | None 
                  f"backend {report.backend}")
         written += _draw(plan, run_dir / RANKMAP_STEM, failed=bad_ranks(report), title=title,
                          hosts=report.hosts or None)
+    if report.health:
+        written += _draw_health(report.health, run_dir / HEALTH_PICTURE)
     return written
+
+
+def _draw_health(health: dict, stem: Path) -> list[Path]:
+    try:
+        from .health_picture import draw_health
+
+        return draw_health(health, stem)
+    except Exception as exc:  # noqa: BLE001 - the picture is a convenience, not the verdict
+        print(f"mimo-launch: warning: no health picture ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
+        return []
 
 
 def finish_run(settings: LaunchSettings, report: Report) -> None:
@@ -96,6 +110,9 @@ def finish_run(settings: LaunchSettings, report: Report) -> None:
     print(f"report.md: {paths[0]}")
     if len(paths) > 1:
         print(f"rank map: {paths[1]} (and .svg)")
+    health_png = [p for p in paths if p.name == f"{HEALTH_PICTURE}.png"]
+    if health_png:
+        print(f"health picture: {health_png[0]} (and .svg)")
 
 
 def artifacts_after(settings: LaunchSettings) -> None:

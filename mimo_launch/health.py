@@ -3,7 +3,9 @@
 Every rank walks the same list of steps, one per (kind, op, size), each started by a barrier
 over the world, so that every group of a kind (in every module) runs at once, as in training.
 In a step a rank times, in each of its groups of that kind, `warmup` untimed then up to
-`iters` timed iterations back to back (nccl-tests' way: the loop's time over its iterations).
+`iters` timed iterations, each on its own (rank 0 takes, per iteration, the slowest member's
+time, then the median over iterations: a preempted iteration on a busy CPU moves it little).
+A send/recv link times an activation forward and a gradient back, and counts half of it.
 Kinds: the grid groups `tp`, `cp`, `ep` (all-reduce) and `dp`, `dp+cp` (all-reduce,
 all-gather, reduce-scatter), each measured once per distinct membership (a kind whose non-1
 dims repeat an earlier kind's, or that has none, is skipped); `pp`: send/recv between adjacent
@@ -26,7 +28,7 @@ import torch.distributed as dist
 
 from .group_kinds import dims_of
 from .health_config import HealthSettings
-from .health_report import size_text
+from .health_report import SEND_RECV, size_text
 from .mimo_builder import MimoGroups, comm_device
 from .mimo_config import LANGUAGE_MODULE, MimoParallelismConfig
 
@@ -36,7 +38,6 @@ COLLECTIVE_KINDS = {
     "dp+cp": ("all_reduce", "all_gather", "reduce_scatter"),
 }
 P2P_KINDS = ("pp", "boundary")
-SEND_RECV = "send_recv"
 # torch >= 2.13 names them *_single (the *_tensor names warn there); both public
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
@@ -180,10 +181,10 @@ class HealthRun:
                 continue
             n = dist.get_world_size(group)
             fn, size = self._collective(step.op, step.size, n, group)
-            seconds = self._time(fn, budget, group)
+            times = self._time(fn, budget, group)
             out.append({"kind": step.kind, "op": step.op, "size": size, "module": name,
                         "ranks": sorted(dist.get_process_group_ranks(group)),
-                        "time_s": seconds})
+                        "times_s": times})
         return out
 
     def _collective(self, op: str, size: int, n: int, group):
@@ -214,14 +215,15 @@ class HealthRun:
                     dist.recv(buf, peer, group=group)
                     dist.send(buf, peer, group=group)
 
-            seconds = self._time(round_trip, budget, group, peer=peer) / 2
+            times = [t / 2 for t in self._time(round_trip, budget, group, peer=peer)]
             out.append({"kind": step.kind, "op": SEND_RECV, "size": buf.numel() * 4,
-                        "module": module, "ranks": [src, dst], "time_s": seconds})
+                        "module": module, "ranks": [src, dst], "times_s": times})
         return out
 
-    def _time(self, fn, budget: float, group, peer: int | None = None) -> float:
-        """Seconds per iteration of `fn`: `warmup` untimed, then as many timed iterations as
-        fit the budget (at most `iters`), the count agreed by the group (or the peer pair)."""
+    def _time(self, fn, budget: float, group, peer: int | None = None) -> list[float]:
+        """Seconds of each timed iteration of `fn`: `warmup` untimed, then as many timed
+        iterations as fit the budget (at most `iters`), the count agreed by the group (or the
+        peer pair), so that iteration i is the same collective on every member."""
         warm = max(self.settings.warmup, 1)
         start = time.perf_counter()
         for _ in range(warm):
@@ -230,13 +232,15 @@ class HealthRun:
         per_iter = (time.perf_counter() - start) / warm
         iters = min(self.settings.iters, max(1, int(budget / max(per_iter, 1e-9))))
         iters = self._agree(iters, group, peer)
-        start = time.perf_counter()
-        self.slow.start()
+        times = []
         for _ in range(iters):
+            start = time.perf_counter()
+            self.slow.start()
             fn()
+            self.sync()
+            times.append(time.perf_counter() - start)
             self.slow.delay(self.sync)
-        self.sync()
-        return (time.perf_counter() - start) / iters
+        return times
 
     def _agree(self, iters: int, group, peer: int | None) -> int:
         """The smallest count proposed in the group (or by the two ends of a link)."""

@@ -1,14 +1,16 @@
 """The health stage's numbers (SPEC section 6): bandwidth by nccl-tests' conventions, suspects.
 
 From every rank's timings (`health.py` records) rank 0 computes, per group (or p2p link), its
-time (the slowest member's), algbw = size / time and busbw = algbw x 2(n-1)/n (all-reduce),
-x (n-1)/n (all-gather, reduce-scatter), x 1 (send/recv), as nccl-tests' PERFORMANCE.md defines
-them (GB/s = 1e9 bytes/s). Groups are compared within their row: the same kind, op and size,
-and the same side of the node boundary (intra-node and inter-node groups differ by design).
-At each kind's largest size, a group of a row of at least two whose busbw is below
-`threshold` x the row's median is a suspect. A rank is a suspect when, on one side of the
-node boundary, every compared group it is in is a suspect; a node likewise, over the groups
-that touch it. No torch here: the launcher and the report use it too.
+time (per iteration the slowest member's, then the median over iterations), algbw = size /
+time and busbw = algbw x 2(n-1)/n (all-reduce), x (n-1)/n (all-gather, reduce-scatter), x 1
+(send/recv), as nccl-tests' doc/PERFORMANCE.md defines them (GB/s = 1e9 bytes/s). Groups are
+compared within their row: the same kind, op and size, and the same side of the node
+boundary (intra-node and inter-node groups differ by design); send/recv links of pipelines
+and module boundaries are compared together. At each kind's largest size, a group compared
+with at least one other whose busbw is below `threshold` x their median is a suspect. Ranks
+and nodes are blamed for suspect groups as `_blamed` says; a health problem (exit 4) is a
+blamed rank or node: one group alone below the threshold, on a busy CPU or a shared fabric,
+is reported but is not a verdict. No torch here: the launcher and the report use it too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import statistics
 from .rank_text import format_rank_set
 
 GB = 1e9
+SEND_RECV = "send_recv"
 KIND_ORDER = ("tp", "cp", "ep", "dp", "dp+cp", "pp", "boundary")  # health.py's step order
 INTRA, INTER = "intra-node", "inter-node"
 
@@ -32,16 +35,23 @@ def bus_factor(op: str, n: int) -> float:
 
 
 def join_groups(records: list[dict], hosts: list[str]) -> list[dict]:
-    """One entry per measured group or link: every member's record joined, its time the
-    slowest member's (seconds per iteration), algbw/busbw in GB/s, its nodes and side."""
+    """One entry per measured group or link: every member's record (`times_s`, seconds of
+    each timed iteration) joined; its `time_s` the median over iterations of the slowest
+    member's time; algbw/busbw in GB/s; its nodes and side."""
     joined: dict[tuple, dict] = {}
     for rec in records:
         key = (rec["kind"], rec["op"], rec["size"], rec["module"], tuple(rec["ranks"]))
         entry = joined.setdefault(key, {k: rec[k] for k in ("kind", "op", "size", "module",
-                                                             "ranks")} | {"time_s": 0.0})
-        entry["time_s"] = max(entry["time_s"], rec["time_s"])
+                                                             "ranks")} | {"slowest": []})
+        slowest = entry["slowest"]
+        for i, t in enumerate(rec["times_s"]):
+            if i < len(slowest):
+                slowest[i] = max(slowest[i], t)
+            else:
+                slowest.append(t)
     out = []
     for entry in joined.values():
+        entry["time_s"] = statistics.median(entry.pop("slowest"))
         nodes = sorted({hosts[r] for r in entry["ranks"]}) if hosts else []
         algbw = entry["size"] / entry["time_s"] / GB if entry["time_s"] > 0 else 0.0
         entry.update(nodes=nodes, where=INTRA if len(nodes) <= 1 else INTER,
@@ -54,50 +64,81 @@ def _row_key(group: dict) -> tuple:
     return group["kind"], group["op"], group["size"], group["where"]
 
 
+def _compare_key(group: dict) -> tuple:
+    """What a group is compared with: its row; every send/recv link (pipeline or module
+    boundary: the same transfer) of its size and side together."""
+    if group["op"] == SEND_RECV:
+        return "p2p", SEND_RECV, group["size"], group["where"]
+    return _row_key(group)
+
+
 def analyse(records: list[dict], hosts: list[str], threshold: float) -> dict:
     """The report's `health` section (without the settings): `rows` (per kind, op, size and
-    side: group count and busbw min/median/max), `groups` (each with `ratio` to its row's
-    median and `suspect`), `suspects` (groups, ranks, nodes) and a one-line `headline`."""
+    side: group count and busbw min/median/max), `groups` (each with `ratio` to the median
+    it is compared with, `judged` and `suspect`), `suspects` (groups as text, blamed ranks and
+    nodes, with their scores in `rank_scores` / `node_scores`), `problem` and a one-line
+    `headline`."""
     groups = join_groups(records, hosts)
     rows: dict[tuple, list[dict]] = {}
+    compared: dict[tuple, list[dict]] = {}
+    largest = {}
     for g in groups:
         rows.setdefault(_row_key(g), []).append(g)
-    largest = {}
-    for kind, op, size, _ in rows:
-        largest[(kind, op)] = max(size, largest.get((kind, op), 0))
-    table = []
-    for key, members in rows.items():
-        kind, op, size, where = key
-        bws = [g["busbw"] for g in members]
-        median = statistics.median(bws)
-        judged = size == largest[(kind, op)] and len(members) >= 2
+        compared.setdefault(_compare_key(g), []).append(g)
+        largest[(g["kind"], g["op"])] = max(g["size"], largest.get((g["kind"], g["op"]), 0))
+    for members in compared.values():
+        median = statistics.median(g["busbw"] for g in members)
         for g in members:
             g["ratio"] = g["busbw"] / median if median > 0 else 1.0
-            g["judged"] = judged
-            g["suspect"] = judged and g["ratio"] < threshold
+            g["judged"] = g["size"] == largest[(g["kind"], g["op"])] and len(members) >= 2
+            g["suspect"] = g["judged"] and g["ratio"] < threshold
+    table = []
+    for (kind, op, size, where), members in rows.items():
+        bws = [g["busbw"] for g in members]
+        judged = any(g["judged"] for g in members)
         table.append({"kind": kind, "op": op, "size": size, "where": where,
-                      "groups": len(members), "busbw_min": min(bws), "busbw_median": median,
+                      "groups": len(members), "busbw_min": min(bws),
+                      "busbw_median": statistics.median(bws),
                       "busbw_max": max(bws), "suspects": sum(g["suspect"] for g in members),
                       "judged": judged})
     order = {kind: i for i, kind in enumerate(KIND_ORDER)}
     table.sort(key=lambda r: (order.get(r["kind"], len(order)), r["op"], r["size"], r["where"]))
-    suspect_ranks = _all_suspect(groups, lambda g: g["ranks"])
-    suspect_nodes = _all_suspect(groups, lambda g: g["nodes"])
+    suspect_ranks = _blamed(groups, lambda g: g["ranks"], threshold)
+    suspect_nodes = _blamed(groups, lambda g: g["nodes"], threshold)
     suspects = {"groups": [_describe(g) for g in groups if g["suspect"]],
-                "ranks": sorted(suspect_ranks), "nodes": sorted(suspect_nodes)}
+                "ranks": sorted(suspect_ranks), "nodes": sorted(suspect_nodes),
+                "rank_scores": {str(r): suspect_ranks[r] for r in sorted(suspect_ranks)},
+                "node_scores": {n: suspect_nodes[n] for n in sorted(suspect_nodes)}}
     return {"rows": table, "groups": groups, "suspects": suspects,
-            "problem": bool(suspects["groups"]),
+            "problem": bool(suspects["ranks"] or suspects["nodes"]),
             "headline": headline(groups, suspects, threshold)}
 
 
-def _all_suspect(groups: list[dict], members) -> set:
-    """Members (ranks or nodes) all of whose judged groups on one side are suspects."""
-    seen: dict[tuple, list[bool]] = {}
+def _blamed(groups: list[dict], members, threshold: float) -> dict:
+    """Members (ranks or nodes) to blame, each with its score. On each side of the node boundary a member's score
+    is the median, over the distinct member sets of the judged groups it is in, of each set's
+    median ratio over its ops (a dp group timed with three ops counts once, as its pipeline
+    link does); a member is blamed when its score is
+    below `threshold` and it has the lowest score of some suspect group's members (a slow
+    rank drags its peers' groups down too, but their other groups are fine)."""
+    per_set: dict[tuple, list[float]] = {}
     for g in groups:
         if g["judged"]:
             for m in members(g):
-                seen.setdefault((m, g["where"]), []).append(g["suspect"])
-    return {m for (m, _), flags in seen.items() if all(flags)}
+                per_set.setdefault((m, g["where"], tuple(g["ranks"])), []).append(g["ratio"])
+    ratios: dict[tuple, list[float]] = {}
+    for (m, where, _), r in per_set.items():
+        ratios.setdefault((m, where), []).append(statistics.median(r))
+    score = {key: statistics.median(r) for key, r in ratios.items()}
+    blamed: dict = {}
+    for g in groups:
+        if g["suspect"]:
+            scored = [(score[(m, g["where"])], m) for m in members(g)]
+            low = min(s for s, _ in scored)
+            for s, m in scored:
+                if s == low and s < threshold:
+                    blamed[m] = min(s, blamed.get(m, s))
+    return blamed
 
 
 def _describe(g: dict) -> str:

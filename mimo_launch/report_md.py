@@ -1,7 +1,8 @@
 """`report.md`: the run's report as Markdown, to attach to a CI run or a ticket.
 
 Same content as the console summary (verdict, a row per module with its checks, phase times,
-the failure), plus the rank-map picture linked (relative path) and every mismatch in a table.
+the failure), plus the rank-map picture linked (relative path), the health stage's table and
+picture (check=health) and every mismatch in a table.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from .health_report import TABLE_HEADER, table_rows
 from .report import CHECKS, Report, module_checks, verdict_line
 
 REPORT_MD_NAME = "report.md"
+HEALTH_PICTURE = "health"  # health.png / health.svg beside report.md (artifacts.py draws it)
 
 
 def _cell(value) -> str:
@@ -69,6 +72,7 @@ def render_report_md(report: Report, picture: str | None = None, plan=None) -> s
         out += ["## Failure", "", f"Phase: `{report.failed_phase}`; rank(s): {ranks}"
                 + ("; interrupted" if report.interrupted else "") + ".", "", "```text",
                 report.failure, "```", ""]
+    out += _health_section(report.health)
     out += [f"## Mismatches ({len(report.mismatches)})", ""]
     if report.mismatches:
         out += _table(["rank", "module", "group", "check", "expected", "actual"],
@@ -78,6 +82,21 @@ def render_report_md(report: Report, picture: str | None = None, plan=None) -> s
         out.append("None.")
     out.append("")
     return "\n".join(out)
+
+
+def _health_section(health: dict | None) -> list[str]:
+    """check=health: headline, the per-kind table, the suspects, the picture linked."""
+    if not health:
+        return []
+    out = ["## Communication health", "", f"**{health['headline']}**", "",
+           f"{health['seconds']:.2f} s, backend {health['backend']}; busbw in GB/s by "
+           f"nccl-tests' conventions; suspects: below {health['threshold']:g}x of their "
+           f"kind's median at its largest size.", ""]
+    out += _table(TABLE_HEADER, table_rows(health)) + [""]
+    if health["suspects"]["groups"]:
+        out += [f"- {text}" for text in health["suspects"]["groups"]] + [""]
+    out += [f"![busbw per group and node]({HEALTH_PICTURE}.png)", ""]
+    return out
 
 
 def write_report_md(run_dir: Path, report: Report, picture: str | None = None,
