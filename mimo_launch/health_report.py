@@ -22,6 +22,7 @@ from .rank_text import format_rank_set
 GB = 1e9
 SEND_RECV = "send_recv"
 KIND_ORDER = ("tp", "cp", "ep", "dp", "dp+cp", "pp", "boundary")  # health.py's step order
+OP_ORDER = ("all_reduce", "all_gather", "reduce_scatter", SEND_RECV)
 INTRA, INTER = "intra-node", "inter-node"
 
 
@@ -102,7 +103,9 @@ def analyse(records: list[dict], hosts: list[str], threshold: float) -> dict:
                       "busbw_max": max(bws), "suspects": sum(g["suspect"] for g in members),
                       "judged": judged})
     order = {kind: i for i, kind in enumerate(KIND_ORDER)}
-    table.sort(key=lambda r: (order.get(r["kind"], len(order)), r["op"], r["size"], r["where"]))
+    ops = {op: i for i, op in enumerate(OP_ORDER)}
+    table.sort(key=lambda r: (order.get(r["kind"], len(order)), ops.get(r["op"], len(ops)),
+                              r["size"], r["where"]))
     suspect_ranks = _blamed(groups, lambda g: g["ranks"], threshold)
     suspect_nodes = _blamed(groups, lambda g: g["nodes"], threshold)
     suspects = {"groups": [_describe(g) for g in groups if g["suspect"]],
