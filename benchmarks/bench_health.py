@@ -1,0 +1,129 @@
+"""The health stage: its cost at W = 8, 16, 32 on gloo, and its busbw against a plain loop.
+
+    python -m benchmarks.bench_health [--repeats N] [--worlds 8,16,32]
+
+Each run is a local `check=health` run (forked gloo ranks, the launcher's own code path) of a
+two-module layout (vision TP2 on half the world, language TP1 PP2 on the other half, DP
+filling each) with one size, 1 MiB, and `health.fail=false`. After the stage, in the same run,
+the entry point `benchmarks.bench_health:plain_all_reduce` times a plain `torch.distributed`
+all-reduce loop (barrier, 2 warm-up, 10 timed back to back: nccl-tests' loop) in every rank's
+dp groups, all at once as the stage runs them. The table compares the stage's median busbw of
+the dp all-reduce row with the plain loop's (the same groups, the same conventions: the
+slowest member's time, busbw = size / time x 2(n-1)/n): they must agree within 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from .common import layout, median
+
+SIZE = 1 << 20
+ITERS = 10
+WORLDS = (8, 16, 32)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def plain_all_reduce(ctx) -> None:
+    """Entry point: a plain all-reduce loop in this rank's dp groups, each rank's times to
+    `<run_dir>/plain/rank<r>.json`."""
+    import torch
+    import torch.distributed as dist
+
+    out = []
+    dist.barrier()
+    for name in ctx.process_groups.rank_modules:
+        group = ctx.process_groups.collections[name].dp
+        buf = torch.ones(SIZE // 4)
+        for _ in range(2):
+            dist.all_reduce(buf, group=group)
+        start = time.perf_counter()
+        for _ in range(ITERS):
+            dist.all_reduce(buf, group=group)
+        out.append({"module": name, "ranks": dist.get_process_group_ranks(group),
+                    "time_s": (time.perf_counter() - start) / ITERS})
+    path = ctx.run_dir / "plain" / f"rank{ctx.rank}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(out))
+
+
+def bench_layout(world: int):
+    half = world // 2
+    return layout(vision=dict(tp=2, pp=1, dp=half // 2),
+                  language=dict(tp=1, pp=2, dp=half // 2, rank_offset=half)).validate(world)
+
+
+def plain_busbw(run_dir: Path, world: int) -> float:
+    """Median over dp groups of the plain loop's busbw (GB/s), slowest member's time."""
+    slowest: dict[tuple, float] = {}
+    for rank in range(world):
+        for rec in json.loads((run_dir / "plain" / f"rank{rank}.json").read_text()):
+            key = (rec["module"], tuple(rec["ranks"]))
+            slowest[key] = max(slowest.get(key, 0.0), rec["time_s"])
+    return statistics.median(SIZE / t / 1e9 * 2 * (len(k[1]) - 1) / len(k[1])
+                             for k, t in slowest.items())
+
+
+def run_once(world: int) -> dict:
+    from mimo_launch.health_config import HealthSettings
+    from mimo_launch.local_launcher import launch_local
+    from mimo_launch.rank_runner import RankJob
+
+    with tempfile.TemporaryDirectory(prefix="mimo_bench_health_") as tmp:
+        job = RankJob(layout=bench_layout(world), world_size=world, run_dir=tmp, timeout_s=60,
+                      entrypoint="benchmarks.bench_health:plain_all_reduce",
+                      entrypoint_dir=str(REPO),
+                      health=HealthSettings(sizes=(SIZE,), iters=ITERS, fail=False))
+        start = time.perf_counter()
+        report = launch_local(job)
+        wall = time.perf_counter() - start
+        if report.failure or not report.health:
+            raise RuntimeError(f"W={world}: {report.failure}")
+        (row,) = [r for r in report.health["rows"]
+                  if r["kind"] == "dp" and r["op"] == "all_reduce"]
+        return {"stage_s": report.timings["health"], "wall_s": wall,
+                "groups": len(report.health["groups"]), "health": row["busbw_median"],
+                "plain": plain_busbw(Path(tmp), world)}
+
+
+def measure(world: int, repeats: int) -> dict:
+    """Medians over `repeats` runs at `world` ranks."""
+    runs = [run_once(world) for _ in range(repeats)]
+    out = {"W": world, "repeats": repeats}
+    for key in ("stage_s", "wall_s", "groups", "health", "plain"):
+        out[key] = median([r[key] for r in runs])
+    out["ratio"] = median([r["health"] / r["plain"] for r in runs])
+    return out
+
+
+def section(rows: list[dict]) -> list[str]:
+    """The RESULTS.md section: stage cost and busbw agreement per world size."""
+    lines = ["## Health stage (`check=health`, gloo, 1 MiB, 10 iterations)", "",
+             "| W | groups and links timed | stage s | whole run s | dp all-reduce busbw, "
+             "stage (GB/s) | plain loop (GB/s) | stage / plain | within 10% |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ok = "met" if abs(r["ratio"] - 1) <= 0.10 else "**not met**"
+        lines.append(f"| {r['W']} | {r['groups']:.0f} | {r['stage_s']:.2f} | {r['wall_s']:.2f} | "
+                     f"{r['health']:.3f} | {r['plain']:.3f} | {r['ratio']:.2f} | {ok} |")
+    return lines + ["", "The plain loop runs in the same run, right after the stage, as an "
+                    "entry point (`benchmarks/bench_health.py`).", ""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--worlds", default=",".join(map(str, WORLDS)))
+    args = parser.parse_args(argv)
+    rows = [measure(int(w), args.repeats) for w in args.worlds.split(",")]
+    print("\n".join(section(rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
