@@ -149,14 +149,16 @@ def headline(groups: list[dict], suspects: dict, threshold: float) -> str:
         return (f"health OK: every compared group within {threshold:g}x of its kind's median "
                 f"busbw ({len(judged)} groups compared)")
     worst = min((g for g in groups if g["suspect"]), key=lambda g: g["ratio"])
+    below = (f"{len(suspects['groups'])} group(s) below {threshold:g}x of their kind's median "
+             f"busbw; worst {_describe(worst)}")
     who = []
     if suspects["nodes"]:
         who.append(f"node(s) {', '.join(suspects['nodes'])}")
     if suspects["ranks"]:
         who.append(f"rank(s) {format_rank_set(suspects['ranks'])}")
-    return (f"health PROBLEM: {' and '.join(who) or 'some groups'} slow: "
-            f"{len(suspects['groups'])} group(s) below {threshold:g}x of their kind's median "
-            f"busbw; worst {_describe(worst)}")
+    if not who:
+        return f"health OK, no rank or node to blame, but {below}"
+    return f"health PROBLEM: {' and '.join(who)} slow: {below}"
 
 
 def size_text(size: int) -> str:

@@ -68,6 +68,19 @@ def test_intra_and_inter_node_groups_are_compared_apart_and_a_slow_node_is_named
     assert rows[("dp", "inter-node")]["groups"] == 6 and rows[("dp", "inter-node")]["suspects"] == 2
 
 
+def test_one_slow_group_whose_members_are_fast_elsewhere_is_reported_not_blamed():
+    # dp [0, 2] is slow; ranks 0 and 2 are each in two other groups, with other peers, fast
+    records = [_rec("dp", "all_reduce", r, [t]) for r, t in
+               (([0, 2], 0.004), ([1, 3], 0.001), ([4, 6], 0.001), ([5, 7], 0.001))]
+    records += [_rec("tp", "all_reduce", r, [0.001]) for r in ([0, 1], [2, 3], [4, 5], [6, 7])]
+    records += [_rec("cp", "all_reduce", r, [0.001]) for r in ([0, 3], [1, 2], [4, 7], [5, 6])]
+    health = analyse(records, ["n0"] * 8, 0.7)
+    assert health["suspects"]["ranks"] == [] and not health["problem"]
+    assert health["headline"] == (
+        "health OK, no rank or node to blame, but 1 group(s) below 0.7x of their kind's median "
+        "busbw; worst m dp all_reduce ranks 0, 2: 0.5 GB/s (0.25x median)")
+
+
 def test_only_the_largest_size_is_judged_and_a_lone_group_never_is():
     records = [_rec("dp", "all_reduce", [0, 1], [0.010], size=1000),
                _rec("dp", "all_reduce", [2, 3], [0.001], size=1000),
