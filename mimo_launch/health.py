@@ -3,8 +3,8 @@
 Every rank walks the same list of steps, one per (kind, op, size), each started by a barrier
 over the world, so that every group of a kind (in every module) runs at once, as in training.
 In a step a rank times, in each of its groups of that kind, `warmup` untimed then up to
-`iters` timed iterations, each on its own (rank 0 takes each member's median iteration, then
-the slowest member's: a preempted iteration on a busy CPU moves it little).
+`iters` timed iterations, back to back and each timed (rank 0 takes each member's mean
+iteration, nccl-tests' loop time over iterations, then the slowest member's).
 A send/recv link times an activation forward and a gradient back, and counts half of it.
 Kinds: the grid groups `tp`, `cp`, `ep` (all-reduce) and `dp`, `dp+cp` (all-reduce,
 all-gather, reduce-scatter), each measured once per distinct membership (a kind whose non-1

@@ -1,7 +1,7 @@
 """The health stage's numbers (SPEC section 6): bandwidth by nccl-tests' conventions, suspects.
 
 From every rank's timings (`health.py` records) rank 0 computes, per group (or p2p link), its
-time (each member's median iteration, then the slowest member's), algbw = size /
+time (each member's mean iteration, then the slowest member's), algbw = size /
 time and busbw = algbw x 2(n-1)/n (all-reduce), x (n-1)/n (all-gather, reduce-scatter), x 1
 (send/recv), as nccl-tests' doc/PERFORMANCE.md defines them (GB/s = 1e9 bytes/s). Groups are
 compared within their row: the same kind, op and size, and the same side of the node
@@ -37,13 +37,14 @@ def bus_factor(op: str, n: int) -> float:
 
 def join_groups(records: list[dict], hosts: list[str]) -> list[dict]:
     """One entry per measured group or link: every member's record (`times_s`, seconds of
-    each timed iteration) joined; its `time_s` the slowest member's median iteration; algbw/busbw in GB/s; its nodes and side."""
+    each timed iteration) joined; its `time_s` the slowest member's mean iteration (its
+    timed loop over its iterations, as nccl-tests and a plain loop measure); algbw/busbw in GB/s; its nodes and side."""
     joined: dict[tuple, dict] = {}
     for rec in records:
         key = (rec["kind"], rec["op"], rec["size"], rec["module"], tuple(rec["ranks"]))
         entry = joined.setdefault(key, {k: rec[k] for k in ("kind", "op", "size", "module",
                                                              "ranks")} | {"time_s": 0.0})
-        entry["time_s"] = max(entry["time_s"], statistics.median(rec["times_s"]))
+        entry["time_s"] = max(entry["time_s"], statistics.fmean(rec["times_s"]))
     out = []
     for entry in joined.values():
         nodes = sorted({hosts[r] for r in entry["ranks"]}) if hosts else []
