@@ -13,7 +13,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import bench_build, bench_launch, bench_sim
+from . import bench_build, bench_health, bench_launch, bench_sim
 from .common import machine, median
 
 warnings.filterwarnings("ignore")
@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     sims = [bench_sim.measure(w, max(1, args.repeats // 2)) for w in SIM_WORLDS]
     gloo = [bench_build.measure(w, args.repeats) for w in GLOO_WORLDS]
     la = bench_launch.measure(args.repeats)
+    health = [bench_health.measure(w, max(1, args.repeats // 2)) for w in GLOO_WORLDS]
     lines = (["# mimo_launch benchmarks", "",
               f"Run {started} on {host}; `python -m benchmarks.run --repeats {args.repeats}` "
               f"took {time.perf_counter() - t0:.0f} s. Times are medians of {args.repeats} "
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
               f"so.", ""]
              + summary(gloo, sims, orc, la)
              + build_section(gloo) + verify_section(gloo) + sim_section(sims, orc)
-             + launch_section(la))
+             + launch_section(la) + bench_health.section(health))
     text = "\n".join(lines)
     print(text)
     args.out.write_text(text)

@@ -1,7 +1,8 @@
 """The `mimo-launch` command: validate, launch, print the report, exit with its code.
 
 Exit codes: 0 verification passed; 1 a mismatch; 2 bad input (nothing was started);
-3 a failure while running (a rank died or hung, a job failed); 130 interrupted.
+3 a failure while running (a rank died or hung, a job failed); 4 a communication-health
+problem (check=health); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ Overrides are Hydra's, e.g.:
                                                 nothing (mimo=large_16k: 16,384 ranks)
   mimo-launch entrypoint=pkg.module:function    after a passing verification, run your function
                                                 on every rank with its verified groups
-Exit codes: 0 passed, 1 mismatch, 2 bad input, 3 failure while running, 130 interrupted."""
+  mimo-launch check=health                      after a passing verification, time every group's
+                                                collectives and name slow ranks and nodes
+Exit codes: 0 passed, 1 mismatch, 2 bad input, 3 failure while running, 4 health problem,
+130 interrupted."""
 
 
 def _error(message: str) -> int:
