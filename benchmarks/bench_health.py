@@ -72,10 +72,13 @@ def plain_busbw(run_dir: Path, world: int) -> float:
 def run_once(world: int) -> dict:
     from mimo_launch.health_config import HealthSettings
     from mimo_launch.local_launcher import launch_local
+    from mimo_launch.pg_collections import process_group_collection_class
     from mimo_launch.rank_runner import RankJob
 
+    process_group_collection_class()  # megatron-core's package init once, as `launch` does
+
     with tempfile.TemporaryDirectory(prefix="mimo_bench_health_") as tmp:
-        job = RankJob(layout=bench_layout(world), world_size=world, run_dir=tmp, timeout_s=60,
+        job = RankJob(layout=bench_layout(world), world_size=world, run_dir=tmp, timeout_s=120,
                       entrypoint="benchmarks.bench_health:plain_all_reduce",
                       entrypoint_dir=str(REPO),
                       health=HealthSettings(sizes=(SIZE,), iters=ITERS, fail=False))

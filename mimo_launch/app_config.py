@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from .mimo_config import SHORT_KEYS, MimoConfigError, MimoParallelismConfig, short_layout
 from .health_config import KNOWN_KEYS as HEALTH_KEYS
 from .health_config import HealthSettings, health_settings
-from .phases import ENTRYPOINT_PHASE, FaultSpec
+from .phases import ENTRYPOINT_PHASE, HEALTH_PHASE, FaultSpec
 
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("run", "plan")  # plan: print the layout and draw it; start nothing
@@ -227,6 +227,8 @@ def health_from(cfg: DictConfig, fault: FaultSpec) -> HealthSettings | None:
         raise UsageError(str(exc)) from None
     if fault.slow_rank is not None and health is None:
         raise UsageError("fault.slow_rank acts in the health stage only: add check=health")
+    if fault.active and fault.phase == HEALTH_PHASE and health is None:
+        raise UsageError("fault.phase=health needs check=health (no health phase otherwise)")
     return health
 
 

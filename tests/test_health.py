@@ -175,6 +175,18 @@ def test_a_slow_rank_is_named_and_exits_4_unless_report_only(fail, code, tmp_pat
     assert health["headline"] in proc.stdout
 
 
+@pytest.mark.timeout(120)
+def test_a_rank_that_dies_in_the_health_stage_is_named_and_verification_kept(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("check=health", "fault.kill_rank=3", "fault.phase=health", "timeout_s=5",
+                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["failed_phase"] == "health" and report["failed_ranks"] == [3], report
+    assert report["mismatches"] == [] and "verification" in report["timings"]
+    assert report["health"] is None
+
+
 @pytest.mark.parametrize("args,message", [
     (["check=helth"], "check must be one of verify, health, got 'helth'"),
     (["check=health", "health.threshold=2"], "health.threshold must be a number in (0, 1], got 2"),
@@ -184,6 +196,9 @@ def test_a_slow_rank_is_named_and_exits_4_unless_report_only(fail, code, tmp_pat
     (["check=health", "fault.slow_rank=8"], "fault.slow_rank=8 is not a rank of the world [0, 8)"),
     (["check=health", "fault.slow_rank=5", "fault.slow_factor=0.5"],
      "fault.slow_factor must be a number >= 1, got 0.5"),
+    (["fault.kill_rank=3", "fault.phase=health"],
+     "fault.phase=health needs check=health (no health phase otherwise)"),
+    (["check=health", "+health.colour=red"], "health: unknown key(s) colour"),
 ])
 def test_bad_health_input_is_one_line_and_exit_2(args, message, tmp_path):
     proc = run_cli(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=60)
