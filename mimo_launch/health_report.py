@@ -4,9 +4,9 @@ From every rank's timings (`health.py` records) rank 0 computes, per group (or p
 time (each member's mean iteration, then the slowest member's), algbw = size /
 time and busbw = algbw x 2(n-1)/n (all-reduce), x (n-1)/n (all-gather, reduce-scatter), x 1
 (send/recv), as nccl-tests' doc/PERFORMANCE.md defines them (GB/s = 1e9 bytes/s). Groups are
-compared within their row: the same kind, op and size, and the same side of the node
-boundary (intra-node and inter-node groups differ by design); send/recv links of pipelines
-and module boundaries are compared together. At each kind's largest size, a group compared
+compared within their row: the same kind, op, size and number of ranks, and the same side
+of the node boundary (intra-node and inter-node groups differ by design); send/recv links of
+pipelines and module boundaries are compared together. At each kind's largest size, a group compared
 with at least one other whose busbw is below `threshold` x their median is a suspect. Ranks
 and nodes are blamed for suspect groups as `_blamed` says; a health problem (exit 4) is a
 blamed rank or node: one group alone below the threshold, on a busy CPU or a shared fabric,
@@ -56,20 +56,20 @@ def join_groups(records: list[dict], hosts: list[str]) -> list[dict]:
 
 
 def _row_key(group: dict) -> tuple:
-    return group["kind"], group["op"], group["size"], group["where"]
+    return group["kind"], group["op"], group["size"], group["where"], len(group["ranks"])
 
 
 def _compare_key(group: dict) -> tuple:
     """What a group is compared with: its row; every send/recv link (pipeline or module
     boundary: the same transfer) of its size and side together."""
     if group["op"] == SEND_RECV:
-        return "p2p", SEND_RECV, group["size"], group["where"]
+        return "p2p", SEND_RECV, group["size"], group["where"], 2
     return _row_key(group)
 
 
 def analyse(records: list[dict], hosts: list[str], threshold: float) -> dict:
-    """The report's `health` section (without the settings): `rows` (per kind, op, size and
-    side: group count and busbw min/median/max), `groups` (each with `ratio` to the median
+    """The report's `health` section (without the settings): `rows` (per kind, op, size, side
+    and ranks per group `n`: group count and busbw min/median/max), `groups` (each with `ratio` to the median
     it is compared with, `judged` and `suspect`), `suspects` (groups as text, blamed ranks and
     nodes, with their scores in `rank_scores` / `node_scores`), `problem` and a one-line
     `headline`."""
@@ -88,10 +88,10 @@ def analyse(records: list[dict], hosts: list[str], threshold: float) -> dict:
             g["judged"] = g["size"] == largest[(g["kind"], g["op"])] and len(members) >= 2
             g["suspect"] = g["judged"] and g["ratio"] < threshold
     table = []
-    for (kind, op, size, where), members in rows.items():
+    for (kind, op, size, where, n), members in rows.items():
         bws = [g["busbw"] for g in members]
         judged = any(g["judged"] for g in members)
-        table.append({"kind": kind, "op": op, "size": size, "where": where,
+        table.append({"kind": kind, "op": op, "size": size, "where": where, "n": n,
                       "groups": len(members), "busbw_min": min(bws),
                       "busbw_median": statistics.median(bws),
                       "busbw_max": max(bws), "suspects": sum(g["suspect"] for g in members),
@@ -99,7 +99,7 @@ def analyse(records: list[dict], hosts: list[str], threshold: float) -> dict:
     order = {kind: i for i, kind in enumerate(KIND_ORDER)}
     ops = {op: i for i, op in enumerate(OP_ORDER)}
     table.sort(key=lambda r: (order.get(r["kind"], len(order)), ops.get(r["op"], len(ops)),
-                              r["size"], r["where"]))
+                              r["size"], r["where"], r["n"]))
     suspect_ranks = _blamed(groups, lambda g: g["ranks"], threshold)
     suspect_nodes = _blamed(groups, lambda g: g["nodes"], threshold)
     suspects = {"groups": [_describe(g) for g in groups if g["suspect"]],
@@ -170,13 +170,13 @@ def size_text(size: int) -> str:
     return f"{size}B"
 
 
-TABLE_HEADER = ["kind", "op", "size", "where", "groups", "busbw min", "median", "max (GB/s)",
+TABLE_HEADER = ["kind", "op", "size", "where", "ranks", "groups", "busbw min", "median", "max (GB/s)",
                 "suspects"]
 
 
 def table_rows(health: dict) -> list[list[str]]:
     """The per-kind table as text cells (TABLE_HEADER); rows not judged show '-' suspects."""
-    return [[r["kind"], r["op"], size_text(r["size"]), r["where"], str(r["groups"]),
+    return [[r["kind"], r["op"], size_text(r["size"]), r["where"], str(r["n"]), str(r["groups"]),
              f"{r['busbw_min']:.3g}", f"{r['busbw_median']:.3g}", f"{r['busbw_max']:.3g}",
              str(r["suspects"]) if r["judged"] else "-"] for r in health["rows"]]
 

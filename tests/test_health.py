@@ -81,6 +81,15 @@ def test_one_slow_group_whose_members_are_fast_elsewhere_is_reported_not_blamed(
         "busbw; worst m dp all_reduce ranks 0, 2: 0.25 GB/s (0.25x median)")
 
 
+def test_groups_of_different_sizes_are_compared_apart():
+    # colocated modules: dp groups of 4 ranks are slower than dp groups of 2, by design
+    records = [_rec("dp", "all_reduce", r, [0.004]) for r in ([0, 2, 4, 6], [1, 3, 5, 7])]
+    records += [_rec("dp", "all_reduce", r, [0.001]) for r in ([0, 4], [1, 5], [2, 6], [3, 7])]
+    health = analyse(records, ["a"] * 8, 0.7)
+    assert [(r["n"], r["groups"], r["suspects"]) for r in health["rows"]] == [(2, 4, 0), (4, 2, 0)]
+    assert not health["suspects"]["groups"]
+
+
 def test_only_the_largest_size_is_judged_and_a_lone_group_never_is():
     records = [_rec("dp", "all_reduce", [0, 1], [0.010], size=1000),
                _rec("dp", "all_reduce", [2, 3], [0.001], size=1000),
