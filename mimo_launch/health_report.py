@@ -38,7 +38,8 @@ def bus_factor(op: str, n: int) -> float:
 def join_groups(records: list[dict], hosts: list[str]) -> list[dict]:
     """One entry per measured group or link: every member's record (`times_s`, seconds of
     each timed iteration) joined; its `time_s` the slowest member's mean iteration (its
-    timed loop over its iterations, as nccl-tests and a plain loop measure); algbw/busbw in GB/s; its nodes and side."""
+    timed loop over its iterations, as nccl-tests and a plain loop measure); algbw/busbw in
+    GB/s; its nodes and side."""
     joined: dict[tuple, dict] = {}
     for rec in records:
         key = (rec["kind"], rec["op"], rec["size"], rec["module"], tuple(rec["ranks"]))
@@ -69,10 +70,10 @@ def _compare_key(group: dict) -> tuple:
 
 def analyse(records: list[dict], hosts: list[str], threshold: float) -> dict:
     """The report's `health` section (without the settings): `rows` (per kind, op, size, side
-    and ranks per group `n`: group count and busbw min/median/max), `groups` (each with `ratio` to the median
-    it is compared with, `judged` and `suspect`), `suspects` (groups as text, blamed ranks and
-    nodes, with their scores in `rank_scores` / `node_scores`), `problem` and a one-line
-    `headline`."""
+    and ranks per group `n`: group count and busbw min/median/max), `groups` (each with
+    `ratio` to the median it is compared with, `judged` and `suspect`), `suspects` (groups as
+    text, blamed ranks and nodes, with their scores in `rank_scores` / `node_scores`),
+    `problem` and a one-line `headline`."""
     groups = join_groups(records, hosts)
     rows: dict[tuple, list[dict]] = {}
     compared: dict[tuple, list[dict]] = {}
@@ -112,12 +113,12 @@ def analyse(records: list[dict], hosts: list[str], threshold: float) -> dict:
 
 
 def _blamed(groups: list[dict], members, threshold: float) -> dict:
-    """Members (ranks or nodes) to blame, each with its score. On each side of the node boundary a member's score
-    is the median, over the distinct member sets of the judged groups it is in, of each set's
-    median ratio over its ops (a dp group timed with three ops counts once, as its pipeline
-    link does); a member is blamed when its score is
-    below `threshold` and it has the lowest score of some suspect group's members (a slow
-    rank drags its peers' groups down too, but their other groups are fine)."""
+    """Members (ranks or nodes) to blame, each with its score. On each side of the node
+    boundary a member's score is the median, over the distinct member sets of the judged
+    groups it is in, of each set's median ratio over its ops (a dp group timed with three ops
+    counts once, as its pipeline link does); a member is blamed when its score is below
+    `threshold` and it has the lowest score of some suspect group's members (a slow rank drags
+    its peers' groups down too, but their other groups are fine)."""
     per_set: dict[tuple, list[float]] = {}
     for g in groups:
         if g["judged"]:
@@ -170,8 +171,8 @@ def size_text(size: int) -> str:
     return f"{size}B"
 
 
-TABLE_HEADER = ["kind", "op", "size", "where", "ranks", "groups", "busbw min", "median", "max (GB/s)",
-                "suspects"]
+TABLE_HEADER = ["kind", "op", "size", "where", "ranks", "groups", "busbw min", "median",
+                "max (GB/s)", "suspects"]
 
 
 def table_rows(health: dict) -> list[list[str]]:
