@@ -250,12 +250,13 @@ def load_settings(overrides: list[str]) -> LaunchSettings:
     world = world_size_of(cfg, layout)
     layout = layout.validate(world)
     timeout_s = check_timeout(cfg.timeout_s)
-    # On Slurm the cluster config decides (slurm_launcher), not this machine's GPUs.
-    slurm = cfg.cluster.get("launcher") == "slurm"
+    # On Slurm the cluster config decides (slurm_launcher), and under torchrun each worker's
+    # node (torchrun_task), not this machine's GPUs.
+    per_task = cfg.cluster.get("launcher") in ("slurm", "torchrun")
     planning = cfg.mode == "plan"  # nothing runs here: do not probe this machine's GPUs
     if planning and cfg.device not in DEVICES:
         raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
-    device = str(cfg.device) if slurm or planning else resolve_device(cfg.device, world)
+    device = str(cfg.device) if per_task or planning else resolve_device(cfg.device, world)
     expected = None
     if cfg.get("verify_against"):
         expected = preset_layout(str(cfg.verify_against), world)
@@ -285,6 +286,10 @@ def claim_output(settings: LaunchSettings) -> LaunchSettings:
 
     config = settings.config
     if config.mode == "run":
+        if config.cluster.get("launcher") == "torchrun":
+            raise UsageError("cluster=torchrun: torchrun starts the ranks; run `torchrun "
+                             "--nnodes=N --nproc-per-node=M ... -m mimo_launch.torchrun_task "
+                             "[OVERRIDE ...]` on every node (README: torchrun)")
         if config.cluster.get("launcher") == "slurm":
             from .slurm_launcher import allocation
 
