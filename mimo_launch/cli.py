@@ -59,11 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = {k: settings.config[k] for k in settings.config if k != "hydra"}
         print(OmegaConf.to_yaml(OmegaConf.create(cfg), resolve=True), end="")
         return 0
-    from .run_dir import RunDirError
-
     try:
+        if settings.config.mode == "plan":
+            from .plan import check_plan_size
+
+            check_plan_size(settings.world_size)
         settings = claim_output(settings)
-    except (UsageError, RunDirError) as exc:
+    except (UsageError, ValueError) as exc:  # run_dir.RunDirError, a plan too large
         return _error(str(exc))
     if settings.config.mode == "plan":  # no rank is started, torch is not even imported
         from .artifacts import run_plan
