@@ -200,5 +200,5 @@ def rank_lines(plan: Plan, rank: int) -> list[str]:
     return lines
 
 
-__all__ = ["Plan", "ModulePlan", "make_plan", "check_plan_size", "MAX_PLAN_RANKS", "format_plan", "rank_lines", "ranks_per_node",
-           "format_members"]
+__all__ = ["Plan", "ModulePlan", "make_plan", "check_plan_size", "MAX_PLAN_RANKS", "format_plan",
+           "rank_lines", "ranks_per_node", "format_members"]

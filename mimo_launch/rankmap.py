@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic_file import atomic_file
 from .plan import Plan
 from .report import shape_text
 
@@ -327,9 +328,10 @@ def draw_rankmap(plan: Plan, stem: Path, failed=(), title: str = "",
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    fig.savefig(paths[0], dpi=DPI)
-    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text: smaller, faster
-        fig.savefig(paths[1], dpi=DPI)
+    with atomic_file(paths[0]) as f:  # a full disk leaves no half-written picture
+        fig.savefig(f, dpi=DPI, format="png")
+    with matplotlib.rc_context({"svg.fonttype": "none"}), atomic_file(paths[1]) as f:
+        fig.savefig(f, dpi=DPI, format="svg")  # text stays text: smaller, faster
     return paths
 
 
