@@ -206,7 +206,8 @@ def section(node, name: str, known: tuple[str, ...]) -> dict:
 
 def fault_from(node, world_size: int) -> FaultSpec:
     """The `fault` node as a FaultSpec valid for `world_size` ranks."""
-    data = section(node, "fault", ("kill_rank", "hang_rank", "phase"))
+    data = section(node, "fault", ("kill_rank", "hang_rank", "phase", "where",
+                                   "artifacts_delay_s"))
     try:
         return FaultSpec(**data).validate(world_size)
     except ValueError as exc:

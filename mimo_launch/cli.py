@@ -1,7 +1,8 @@
 """The `mimo-launch` command: validate, launch, print the report, exit with its code.
 
 Exit codes: 0 verification passed; 1 a mismatch; 2 bad input (nothing was started);
-3 a failure while running (a rank died or hung, a job failed); 130 interrupted.
+3 a failure while running (a rank died or hung, a job failed); 130/143/129 interrupted by
+SIGINT (Ctrl-C)/SIGTERM/SIGHUP (`interrupts.py`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ Overrides are Hydra's, e.g.:
                                                 nothing (mimo=large_16k: 16,384 ranks)
   mimo-launch entrypoint=pkg.module:function    after a passing verification, run your function
                                                 on every rank with its verified groups
-Exit codes: 0 passed, 1 mismatch, 2 bad input, 3 failure while running, 130 interrupted."""
+Exit codes: 0 passed, 1 mismatch, 2 bad input, 3 failure while running, 130/143/129
+interrupted by Ctrl-C/SIGTERM/SIGHUP."""
 
 
 def _error(message: str) -> int:
@@ -59,11 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = {k: settings.config[k] for k in settings.config if k != "hydra"}
         print(OmegaConf.to_yaml(OmegaConf.create(cfg), resolve=True), end="")
         return 0
-    from .run_dir import RunDirError
-
     try:
+        if settings.config.mode == "plan":
+            from .plan import check_plan_size
+
+            check_plan_size(settings.world_size)
         settings = claim_output(settings)
-    except (UsageError, RunDirError) as exc:
+    except (UsageError, ValueError) as exc:  # run_dir.RunDirError, a plan too large
         return _error(str(exc))
     if settings.config.mode == "plan":  # no rank is started, torch is not even imported
         from .artifacts import run_plan
@@ -81,10 +85,17 @@ def entry() -> None:
     fsynced) and every rank has ended, so the interpreter's teardown of torch, megatron-core
     and matplotlib (~0.15 s) is skipped: flush, then leave at once.
     """
+    from .interrupts import describe, exit_code, install, signal_of
+
+    install()  # SIGTERM and SIGHUP: as Ctrl-C
     try:
         code = main()
         sys.stdout.flush()
         sys.stderr.flush()
+    except KeyboardInterrupt as exc:  # before any rank started, or while they were stopped
+        signum = signal_of(exc)
+        print(f"mimo-launch: interrupted ({describe(signum)})", file=sys.stderr, flush=True)
+        code = exit_code(signum)
     except BrokenPipeError:  # e.g. `mimo-launch mode=plan | head`: stop quietly, as shells do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 141

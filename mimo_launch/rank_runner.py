@@ -138,8 +138,9 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0) -> int:
             report.timings = report_timings(tracker)
             report.entrypoint_finished = True
             write_report(Path(job.run_dir), report)
-    groups.destroy()
-    dist.destroy_process_group()
+    with tracker.teardown():
+        groups.destroy()
+        dist.destroy_process_group()
     return 0 if verdict.passed else 1
 
 

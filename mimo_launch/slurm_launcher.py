@@ -3,8 +3,9 @@
 The submitting process (a login node; it needs no GPU) checks the allocation against the layout
 before anything is submitted (exit 2), submits one job of nodes x tasks_per_node tasks running
 `slurm_task.run_task`, prints the job's state on each change, and ends with rank 0's
-report.json and its exit code (0 pass, 1 mismatch, 3 failure, 130 Ctrl-C: the job is
-cancelled). It never waits on submitit's result pickles: it reads squeue/sacct and the report.
+report.json and its exit code (0 pass, 1 mismatch, 3 failure, 130/143/129 Ctrl-C/SIGTERM/
+SIGHUP: the job is cancelled, running or pending). It never waits on submitit's result
+pickles: it reads squeue/sacct and the report.
 A failed report gets the job's Slurm state, srun's task errors and the log paths appended;
 where rank 0 wrote none (it crashed, the job was cancelled early), one is written here.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ from pathlib import Path
 from .app_config import DEVICES, LaunchSettings, UsageError
 from .compat import sbatch_script
 from .diagnosis import tail as log_tail
+from .interrupts import signal_of
 from .launch import rank_job
 from .phases import ENTRYPOINT_PHASE
 from .report import (REPORT_NAME, Report, format_summary, read_report, record_failure,
@@ -223,11 +226,12 @@ class JobFiles:
                 f"{self.log(0, 'err')})")
 
 
-def follow(job_id: str, run_dir: Path) -> tuple[bool, bool]:
+def follow(job_id: str, run_dir: Path) -> tuple[bool, str | None]:
     """Wait until the job has left the nodes; print its state on each change.
 
-    Returns (cancelled_here, interrupted). A job still running SETTLE_S after rank 0 wrote a
-    failed report is cancelled; Ctrl-C cancels it too.
+    Returns (cancelled_here, the name of the signal that interrupted the launcher or None). A
+    job still running SETTLE_S after rank 0 wrote a failed report is cancelled; Ctrl-C,
+    SIGTERM and SIGHUP cancel it too, running or pending.
     """
     seen, failed_at, cancelled = None, None, False
     try:
@@ -237,7 +241,7 @@ def follow(job_id: str, run_dir: Path) -> tuple[bool, bool]:
                 print(f"mimo-launch: job {job_id} {state}", flush=True)
                 seen = state
             if state is None or state not in ACTIVE:
-                return cancelled, False
+                return cancelled, None
             if failed_at is None and (run_dir / REPORT_NAME).exists():
                 report = read_report(run_dir)
                 if report is not None and report.failure:
@@ -247,13 +251,14 @@ def follow(job_id: str, run_dir: Path) -> tuple[bool, bool]:
                 scancel(job_id)
                 cancelled = True
             time.sleep(POLL_S)
-    except KeyboardInterrupt:
-        print(f"mimo-launch: interrupted, cancelling job {job_id}", flush=True)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP (interrupts.install)
+        signame = signal.Signals(signal_of(exc)).name
+        print(f"mimo-launch: interrupted ({signame}), cancelling job {job_id}", flush=True)
         scancel(job_id)
         deadline = time.monotonic() + CANCEL_WAIT_S
         while (state := live_state(job_id)) in ACTIVE and time.monotonic() < deadline:
             time.sleep(POLL_S)
-        return True, True
+        return True, signame
 
 
 def _blame_the_dead(report: Report, errors, run_dir: Path) -> None:
@@ -275,7 +280,7 @@ def _blame_the_dead(report: Report, errors, run_dir: Path) -> None:
                       f"Slurm stopped the other tasks\n{report.failure}")
 
 
-def conclude(job, job_id: str, files: JobFiles, interrupted: bool) -> Report:
+def conclude(job, job_id: str, files: JobFiles, interrupted: str | None) -> Report:
     """The run's report: rank 0's, completed with the Slurm facts when it is a failure."""
     run_dir = Path(job.run_dir)
     state, code = final_state(job_id)
@@ -309,7 +314,7 @@ def conclude(job, job_id: str, files: JobFiles, interrupted: bool) -> Report:
     lines.append(files.describe())
     report.passed = False
     report.failure += "\n" + "\n".join(lines)
-    report.interrupted = interrupted
+    report.interrupted, report.interrupted_by = interrupted is not None, interrupted
     write_report(run_dir, report)
     return report
 

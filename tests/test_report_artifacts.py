@@ -14,7 +14,8 @@ from conftest import REPO, layout, run_cli
 from mimo_launch.app_config import layout_from
 from mimo_launch.console import PhaseProgress, print_final
 from mimo_launch.plan import make_plan
-from mimo_launch.rankmap import FAIL_COLOUR, MODULE_COLOURS, draw_rankmap, figure_size
+from mimo_launch.rankmap import (FAIL_COLOUR, MAX_DRAWN_NODES, MODULE_COLOURS, draw_rankmap,
+                                 figure_size)
 from mimo_launch.report import Report
 
 
@@ -191,3 +192,19 @@ def test_aggregated_node_labels_name_every_stage_on_the_node():
         ["P0", "P1", "P2", "P3", "P0"]
     plan = make_plan(layout(language=dict(tp=4, dp=256)), 1024)
     assert _node_label(plan, "language", 8, 16) == "D2-3"
+
+
+@pytest.mark.timeout(120)
+def test_the_picture_of_a_huge_world_stays_bounded(tmp_path):
+    """Past MAX_DRAWN_NODES nodes, the picture is that of MAX_DRAWN_NODES nodes plus one row
+    that counts the rest: 4096 and 65536 nodes give the same size."""
+    lang = dict(tp=1, pp=1)
+    sizes = {n: figure_size(make_plan(layout(language=lang), n, 1)) for n in (2048, 4096, 65536)}
+    assert MAX_DRAWN_NODES == 2048
+    assert sizes[4096] == sizes[65536] == (sizes[2048][0], sizes[2048][1] + 30)  # 0.3 in row
+    png, svg = draw_rankmap(make_plan(layout(language=lang), 4096, 1), tmp_path / "huge",
+                            failed=[5, 3000, 4000])
+    assert Image.open(png).size == figure_size(make_plan(layout(language=lang), 4096, 1), True)
+    assert "... 2,048 more nodes (ranks 2,048-4,095) not drawn; 2 of their ranks failed" \
+        in svg.read_text()
+    assert count_cells(png, FAIL_COLOUR) == 1 + 1  # rank 5, and the legend
