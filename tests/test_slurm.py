@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from mimo_launch.app_config import UsageError, load_settings
-from mimo_launch.slurm_launcher import allocation, task_errors, warning_signal_s
+from mimo_launch.slurm_report import task_errors
+from mimo_launch.slurm_submit import allocation, warning_signal_s
 from mimo_launch.slurm_task import (SlurmRank, first_node, master_port, rendezvous_store,
                                     slurm_rank)
 
@@ -81,11 +82,6 @@ def _settings(*overrides):
      "world size 8 is not a multiple of cluster.tasks_per_node=3"),
     (["cluster.gpus_per_node=0", "cluster.tasks_per_node=4", "device=cuda"],
      "device=cuda but cluster.gpus_per_node=0"),
-    (["cluster.time_min=0"], "cluster.time_min must be an integer >= 1, got 0"),
-    (["cluster.time_min=-5"], "cluster.time_min must be an integer >= 1, got -5"),
-    (["cluster.time_min=1.9"], "cluster.time_min must be an integer >= 1, got 1.9"),
-    (["cluster.time_min=abc"], "cluster.time_min must be an integer >= 1, got 'abc'"),
-    (["cluster.time_min=null"], "cluster.time_min must be an integer >= 1 (minutes), got None"),
 ])
 def test_allocation_that_does_not_fit_the_layout_is_refused(overrides, message):
     with pytest.raises(UsageError) as err:
