@@ -194,6 +194,11 @@ def run_task(job) -> int:
                            f"{job.world_size}")
     export_env(me)
     log_to_rank_file(Path(job.run_dir), me.rank)
+    # Slurm's time-limit warning (submitit's --signal=USR2@N): submitit's handler ends a task
+    # that cannot checkpoint, which killed healthy short jobs; the limit itself still ends it
+    # (SIGTERM, below), and timeout_s bounds every phase.
+    signal.signal(signal.SIGUSR2, lambda *_: print(
+        f"rank {me.rank}: Slurm's time-limit warning (SIGUSR2); going on", flush=True))
     status = RankStatus(Path(job.run_dir), me.rank, node_name())
     stopper = _StopOnSigterm(job, me, status)
     try:

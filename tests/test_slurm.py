@@ -232,7 +232,12 @@ def test_killed_rank_is_named_with_its_phase_and_slurm_state(slurm_cluster, tmp_
     assert report["failed_phase"] == "grids" and report["failed_ranks"] == [3], report
     job_id = _job_id(proc.stdout)
     assert f"slurm: job {job_id} FAILED" in report["failure"]
-    assert "task(s) 3: Killed" in report["failure"] and "_log.out" in report["failure"]
+    assert "task(s) 3: Killed" in report["failure"]
+    # the excerpt comes from the rank's own log (the local launcher's layout), not submitit's
+    assert f"last lines of {run_dir}/logs/rank3.log:\n" in report["failure"]
+    assert "fault injection: rank 3 kills itself" in report["failure"], report["failure"]
+    assert sorted(p.name for p in (run_dir / "logs").iterdir()) == [
+        f"rank{r}.log" for r in range(8)]
     assert _gone(job_id, run_dir)
 
 
@@ -246,9 +251,9 @@ def test_cancelled_job_is_reported_with_its_state(slurm_cluster, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     job_id = _job_id(proc.stdout.readline())
-    logs = run_dir / "submitit"
+    log = run_dir / "logs" / "rank1.log"
     deadline = time.monotonic() + 80
-    while not any("hangs" in p.read_text() for p in logs.glob(f"{job_id}_1_log.*")):
+    while not (log.exists() and "hangs" in log.read_text()):
         assert time.monotonic() < deadline and proc.poll() is None, "rank 1 never hung"
         time.sleep(0.2)
     cancelled = time.monotonic()
