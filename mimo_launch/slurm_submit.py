@@ -7,6 +7,7 @@ sbatch, srun and pyxis unchanged.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 

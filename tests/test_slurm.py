@@ -298,10 +298,13 @@ def test_dry_run_prints_the_sbatch_script_and_submits_nothing(slurm_cluster, clu
     """submitit's own script text (a private method), and the fallback from the executor's
     public parameters (MIMO_LAUNCH_NO_FAST_PATHS=1): the same #SBATCH lines either way."""
     before = _last_job_id()
-    proc = _cli(f"cluster={cluster}", "dry_run=true", f"hydra.run.dir={tmp_path / 'run'}",
+    # example_site runs in a container that mounts /shared/runs: the run dir must be there
+    run_dir = (Path("/shared/runs") / tmp_path.name) if cluster == "example_site" \
+        else tmp_path / "run"
+    proc = _cli(f"cluster={cluster}", "dry_run=true", f"hydra.run.dir={run_dir}",
                 cwd=tmp_path, MIMO_LAUNCH_NO_FAST_PATHS="0" if fast == "1" else "1")
     assert proc.returncode == 0, proc.stderr
     for line in lines:
         assert line in proc.stdout, proc.stdout
     assert "--kill-on-bad-exit=1" in proc.stdout
-    assert _last_job_id() == before and not (tmp_path / "run").exists()
+    assert _last_job_id() == before and not run_dir.exists()
