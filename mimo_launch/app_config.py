@@ -12,8 +12,9 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .config_schema import SchemaError, check_cluster, strict_bool
 from .mimo_config import SHORT_KEYS, MimoConfigError, MimoParallelismConfig, short_layout
 from .phases import ENTRYPOINT_PHASE, FaultSpec
 
@@ -184,12 +185,13 @@ def entrypoint_from(value) -> tuple[str | None, str | None]:
 
 
 def preset_layout(name: str, world_size: int) -> MimoParallelismConfig:
-    """A layout preset of `conf/mimo/` by name, validated for `world_size` ranks."""
-    path = conf_dir() / "mimo" / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
-        raise UsageError(f"verify_against: no mimo preset {name!r}; available: {known}")
-    return layout_from(OmegaConf.load(path)).validate(world_size)
+    """A layout preset of `conf/mimo/` by its name (a file stem there, never a path),
+    validated for `world_size` ranks."""
+    presets = {p.stem: p for p in (conf_dir() / "mimo").glob("*.yaml")}
+    if name not in presets:
+        raise UsageError(f"verify_against: no mimo preset {name!r}; available: "
+                         f"{', '.join(sorted(presets))}")
+    return layout_from(OmegaConf.load(presets[name])).validate(world_size)
 
 
 def section(node, name: str, known: tuple[str, ...]) -> dict:
@@ -234,9 +236,10 @@ def plan_from(node, world_size: int) -> PlanOptions:
     gpus = data.get("gpus_per_node")
     if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1):
         raise UsageError(f"plan.gpus_per_node must be a positive integer, got {gpus!r}")
-    picture = data.get("picture", True)
-    if not isinstance(picture, bool):
-        raise UsageError(f"plan.picture must be true or false, got {picture!r}")
+    try:
+        picture = strict_bool(data.get("picture", True), "plan.picture")
+    except SchemaError as exc:
+        raise UsageError(str(exc)) from None
     return PlanOptions(tuple(ranks), gpus, picture)
 
 
@@ -245,6 +248,13 @@ def load_settings(overrides: list[str]) -> LaunchSettings:
     `run_dir` is `hydra.run.dir` as given (every Slurm task of one job must agree on it);
     `claim_output` makes it this run's own."""
     cfg = compose_config(overrides)
+    try:
+        with open_dict(cfg):
+            cfg.cluster = check_cluster(cfg.cluster)
+            for name in ("dry_run", "wait"):
+                cfg[name] = strict_bool(cfg.get(name), name)
+    except SchemaError as exc:
+        raise UsageError(str(exc)) from None
     if cfg.mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
     layout = layout_from(cfg.mimo)
@@ -292,9 +302,10 @@ def claim_output(settings: LaunchSettings) -> LaunchSettings:
                              "--nnodes=N --nproc-per-node=M ... -m mimo_launch.torchrun_task "
                              "[OVERRIDE ...]` on every node (README: torchrun)")
         if config.cluster.get("launcher") == "slurm":
-            from .slurm_launcher import allocation
+            from .slurm_submit import allocation, check_paths
 
             allocation(settings)
+            check_paths(settings)
             if config.get("dry_run"):
                 return settings
         else:

@@ -1,8 +1,9 @@
 """The `mimo-launch` command: validate, launch, print the report, exit with its code.
 
 Exit codes: 0 verification passed; 1 a mismatch; 2 bad input (nothing was started);
-3 a failure while running (a rank died or hung, a job failed); 130/143/129 interrupted by
-SIGINT (Ctrl-C)/SIGTERM/SIGHUP (`interrupts.py`).
+3 a failure while running (a rank died or hung, a job failed); 5 a Slurm job still pending
+after cluster.pending_timeout_min (cancelled); 130/143/129 interrupted by SIGINT (Ctrl-C)/
+SIGTERM/SIGHUP (`interrupts.py`).
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ Overrides are Hydra's, e.g.:
                                                 nothing (mimo=large_16k: 16,384 ranks)
   mimo-launch entrypoint=pkg.module:function    after a passing verification, run your function
                                                 on every rank with its verified groups
-Exit codes: 0 passed, 1 mismatch, 2 bad input, 3 failure while running, 130/143/129
-interrupted by Ctrl-C/SIGTERM/SIGHUP."""
+  mimo-launch collect RUN_DIR                   follow a Slurm job submitted with wait=false
+                                                (or by a stopped launcher), write its report
+Exit codes: 0 passed, 1 mismatch, 2 bad input, 3 failure while running, 5 a Slurm job still
+pending after cluster.pending_timeout_min (cancelled), 130/143/129 interrupted by
+Ctrl-C/SIGTERM/SIGHUP."""
 
 
 def _error(message: str) -> int:
@@ -39,6 +43,12 @@ def _error(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["collect"]:  # mimo-launch collect <run dir>: a submitted Slurm job
+        if len(args) != 2:
+            return _error("usage: mimo-launch collect <run dir>")
+        from .slurm_launcher import collect
+
+        return collect(args[1])
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return 0

@@ -105,8 +105,11 @@ class PhaseTracker:
     """One rank's view of the phases; `store` is the run's rendezvous store (a TCPStore)."""
 
     def __init__(self, store, rank: int, world_size: int, timeout_s: float,
-                 fault: FaultSpec | None = None):
+                 fault: FaultSpec | None = None, on_enter=None):
+        """`on_enter(phase)`, if given, is called on entering each phase, before its barrier
+        (a Slurm task records its phase in a file with it: `rank_status.RankStatus`)."""
         self.store, self.rank, self.world_size = store, rank, world_size
+        self.on_enter = on_enter
         self.timeout = timedelta(seconds=timeout_s)
         self.fault = fault or FaultSpec()
         self.current: str | None = None
@@ -117,6 +120,8 @@ class PhaseTracker:
         """Enter `name` (barrier over every rank), run the body, record its duration."""
         self.current = name
         self.store.set(_key("phase", self.rank), name)
+        if self.on_enter is not None:
+            self.on_enter(name)
         self.fault.apply(self.rank, name)
         self._arrive(name)
         self.fault.apply(self.rank, name, "after_barrier")

@@ -8,12 +8,19 @@ world size (exit 2), runs the rank, and rank 0 prints the report. Exit codes: ra
 report's (0 pass, 1 mismatch), other ranks 0 once they are done; 3 on a failure, every rank.
 
 Both take rank, world size and local rank from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, the
-master address from the first node of SLURM_JOB_NODELIST and the port from the job id (an
-inherited MASTER_ADDR / MASTER_PORT is overwritten, not read), bind to GPU `local_rank` with
-nccl, and call `rank_runner.run_rank`. SIGTERM (scancel, or a task that failed under
-`--kill-on-bad-exit=1`) ends a task at once with code 3; rank 0 first writes each rank's phase
-to phases.json and a diagnosis to report.json, unless a report is already there (other than
-one still waiting for the entry point to finish).
+master address from the first node of the step (SLURM_STEP_NODELIST, else SLURM_JOB_NODELIST)
+and the port from the job id (an inherited MASTER_ADDR / MASTER_PORT is overwritten, not read),
+bind to GPU `local_rank` with nccl, and call `rank_runner.run_rank`. Each task writes its output
+to `<run dir>/logs/rank<N>.log` (the local launcher's layout) and its phase and ending to
+`<run dir>/status/rank<N>.json` (`rank_status`). SIGTERM (scancel, or a task that failed under
+`--kill-on-bad-exit=1`) ends a task at once with code 3; rank 0 first writes a diagnosis to
+report.json, unless a report is already there (other than one still waiting for the entry
+point to finish).
+
+`python -m mimo_launch.slurm_task --check-tasks=N [OVERRIDE ...]` only composes the config and
+checks that N tasks hold the layout's world size (exit 0, or 2 with one line): the sbatch
+script runs it once before srun, so that a wrong-sized allocation exits 2, not with whatever
+srun makes of every task refusing at once.
 """
 
 from __future__ import annotations
@@ -35,8 +42,6 @@ EXIT_FAILURE = 3
 # outgoing connection on the node may hold a port for a while.
 PORT_BASE = 20000
 PORT_SPAN = 12000
-# Written by rank 0 when Slurm stops the step: the phase each rank had entered, by rank.
-PHASES_NAME = "phases.json"
 
 
 @dataclass(frozen=True)
@@ -123,8 +128,8 @@ class _StopOnSigterm:
     diagnoses the run through its own store client and writes report.json if none exists.
     """
 
-    def __init__(self, job, me: SlurmRank):
-        self.job, self.me, self.probe = job, me, None
+    def __init__(self, job, me: SlurmRank, status):
+        self.job, self.me, self.status, self.probe = job, me, status, None
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
         signal.signal(signal.SIGTERM, lambda *_: None)  # a Python handler: feeds the wakeup fd
@@ -147,6 +152,7 @@ class _StopOnSigterm:
             pass
         try:
             print(f"rank {self.me.rank}: SIGTERM from Slurm, stopping", flush=True)
+            self.status.end("terminated")
             if self.probe is not None:
                 self._report()
         except BaseException:  # noqa: BLE001 - the diagnosis is best effort; exit anyway
@@ -158,13 +164,9 @@ class _StopOnSigterm:
 
     def _report(self) -> None:
         from .diagnosis import diagnose
-        from .phases import rank_phase
-        from .report import (Report, module_summary, read_report, record_failure,
-                             write_json_atomic, write_report)
+        from .report import Report, module_summary, read_report, record_failure, write_report
 
         run_dir = Path(self.job.run_dir)
-        write_json_atomic(run_dir / PHASES_NAME, {
-            str(r): rank_phase(self.probe, r) for r in range(self.job.world_size)})
         report = read_report(run_dir)
         if report is not None and not report.awaiting_entrypoint:
             return
@@ -183,18 +185,46 @@ def run_task(job) -> int:
 
     Raises on failure, like run_rank. The allocation must have `job.world_size` tasks.
     """
-    from .rank_runner import run_rank
+    from .rank_runner import node_name, run_rank
+    from .rank_status import ENDINGS, RankStatus
 
     me = slurm_rank()
     if me.world_size != job.world_size:
         raise RuntimeError(f"the job has {me.world_size} tasks but the layout's world size is "
                            f"{job.world_size}")
     export_env(me)
-    stopper = _StopOnSigterm(job, me)
-    store = rendezvous_store(me, job.timeout_s)
-    stopper.connect()
-    local = gpu_index(me.local_rank) if job.device == "cuda" else me.local_rank
-    return run_rank(job, me.rank, store, local_rank=local)
+    log_to_rank_file(Path(job.run_dir), me.rank)
+    # Slurm's time-limit warning (submitit's --signal=USR2@N): submitit's handler ends a task
+    # that cannot checkpoint, which killed healthy short jobs; the limit itself still ends it
+    # (SIGTERM, below), and timeout_s bounds every phase.
+    signal.signal(signal.SIGUSR2, lambda *_: print(
+        f"rank {me.rank}: Slurm's time-limit warning (SIGUSR2); going on", flush=True))
+    status = RankStatus(Path(job.run_dir), me.rank, node_name())
+    stopper = _StopOnSigterm(job, me, status)
+    try:
+        store = rendezvous_store(me, job.timeout_s)
+        stopper.connect()
+        local = gpu_index(me.local_rank) if job.device == "cuda" else me.local_rank
+        code = run_rank(job, me.rank, store, local_rank=local, on_phase=status.enter)
+    except BaseException:
+        status.end("failed")
+        raise
+    status.end(ENDINGS.get(code, "failed"))
+    return code
+
+
+def log_to_rank_file(run_dir: Path, rank: int) -> None:
+    """From here on, this process's stdout and stderr (file descriptors 1 and 2, so C++ and
+    child output too) go to `<run_dir>/logs/rank<rank>.log`, appended: the local launcher's
+    layout. srun's own messages stay in the job's batch log."""
+    path = run_dir / "logs" / f"rank{rank}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def rendezvous_store(me: SlurmRank, timeout_s: float):
@@ -217,18 +247,25 @@ def rendezvous_store(me: SlurmRank, timeout_s: float):
 def main(argv: list[str] | None = None) -> int:
     """The sbatch entry point (see the module docstring); returns the task's exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        me = slurm_rank()
-    except RuntimeError as exc:
-        print(f"mimo_launch.slurm_task: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if not any(a.startswith("hydra.run.dir=") for a in args):
-        args.append(f"hydra.run.dir=outputs/slurm-{me.job_id}")
+    check = [a for a in args if a.startswith("--check-tasks=")]
+    args = [a for a in args if a not in check]
+    if check:
+        tasks = check[-1].partition("=")[2]
+        me = None
+    else:
+        try:
+            me = slurm_rank()
+        except RuntimeError as exc:
+            print(f"mimo_launch.slurm_task: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        tasks = me.world_size
+        if not any(a.startswith("hydra.run.dir=") for a in args):
+            args.append(f"hydra.run.dir=outputs/slurm-{me.job_id}")
     from .app_config import UsageError, load_settings
     from .mimo_config import MimoConfigError
 
     def usage(message: str) -> int:
-        if me.rank == 0:
+        if me is None or me.rank == 0:
             print(f"mimo_launch.slurm_task: error: {message}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 
@@ -237,9 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         device = task_device(settings.device)
     except (UsageError, MimoConfigError, ValueError) as exc:
         return usage(str(exc))
-    if settings.world_size != me.world_size:
-        return usage(f"the allocation has {me.world_size} tasks (SLURM_NTASKS: nodes x "
+    if str(settings.world_size) != str(tasks):
+        return usage(f"the allocation has {tasks} tasks (SLURM_NTASKS: nodes x "
                      f"ntasks-per-node) but the layout's world size is {settings.world_size}")
+    if me is None:
+        return 0
     from .launch import rank_job
     from .report import format_summary, read_report
 
