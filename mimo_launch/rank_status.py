@@ -1,10 +1,10 @@
-"""Each Slurm task's own record of where it is: `<run dir>/status/rank<N>.json`.
+"""Each Slurm task's or torchrun worker's own record of where it is: `<run dir>/status/rank<N>.json`.
 
 A task rewrites its file (atomically) when it starts, on entering each phase and when it ends,
 so whoever concludes the job reads every rank's last phase and how it ended from files, even
 when rank 0, which hosts the store, is dead. Fields: `rank`, `node`, `phase` (the last phase
 entered, null before `init`), `ended` (null while running; 'passed', 'mismatch', 'failed' (exit
-3), or 'terminated' (SIGTERM from Slurm)).
+3), or 'terminated' (SIGTERM from Slurm or torchrun)).
 """
 
 from __future__ import annotations

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-EXIT_USAGE = 2
-EXIT_FAILURE = 3
+from .task_entry import EXIT_USAGE
+
+PROG = "mimo_launch.torchrun_task"
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -72,57 +72,40 @@ def main(argv: list[str] | None = None) -> int:
     try:
         me = torchrun_rank()
     except RuntimeError as exc:
-        print(f"mimo_launch.torchrun_task: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if not any(a.startswith("cluster=") for a in args):
         args.insert(0, "cluster=torchrun")
     if not any(a.startswith("hydra.run.dir=") for a in args):
         args.append(f"hydra.run.dir=outputs/torchrun-{me.run_id}")
-    from .app_config import UsageError, load_settings
-    from .mimo_config import MimoConfigError
-    from .slurm_task import gpu_index, task_device
-
-    def usage(message: str) -> int:
-        if me.rank == 0:
-            print(f"mimo_launch.torchrun_task: error: {message}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
-
-    try:
-        settings = load_settings(args)
-        if settings.cluster.get("launcher") != "torchrun":
-            raise UsageError(f"cluster={settings.cluster.get('name')} is not a torchrun "
-                             f"cluster (use cluster=torchrun or one that sets "
-                             f"launcher: torchrun)")
-        device = task_device(settings.device)
-    except (UsageError, MimoConfigError, ValueError) as exc:
-        return usage(str(exc))
-    if settings.world_size != me.world_size:
-        return usage(f"torchrun started {me.world_size} workers (WORLD_SIZE: nnodes x "
-                     f"nproc-per-node) but the layout's world size is {settings.world_size}")
     from .launch import rank_job
-    from .rank_runner import run_rank
-    from .report import format_summary, read_report
-    from .slurm_task import _StopOnSigterm
+    from .task_entry import finish_task, run_rank_task, task_settings
 
+    found = task_settings(PROG, me.rank == 0, args, me.world_size,
+                          f"torchrun started {me.world_size} workers (WORLD_SIZE: nnodes x "
+                          f"nproc-per-node)")
+    if isinstance(found, int):
+        return found
+    settings, device = found
+    if settings.cluster.get("launcher") != "torchrun":
+        if me.rank == 0:
+            print(f"{PROG}: error: cluster={settings.cluster.get('name')} is not a torchrun "
+                  f"cluster (use cluster=torchrun, or one with launcher: torchrun)",
+                  file=sys.stderr, flush=True)
+        return EXIT_USAGE
     job = replace(rank_job(settings), device=device)
-    try:
-        stopper = _StopOnSigterm(job, me)
-        store = rendezvous_store(job.timeout_s)
-        stopper.connect()
-        local = gpu_index(me.local_rank) if device == "cuda" else me.local_rank
-        code = run_rank(job, me.rank, store, local_rank=local)
-    except Exception:  # noqa: BLE001 - every failure is in this worker's output, exit 3
-        traceback.print_exc()
-        code = EXIT_FAILURE
+
+    def run() -> int:
+        return run_rank_task(job, me.rank, me.local_rank, "torchrun",
+                             lambda: rendezvous_store(job.timeout_s),
+                             (me.master_addr, me.master_port))
+
+    code = finish_task(me.rank, settings, run)
     if me.rank == 0:
-        report = read_report(settings.run_dir)
-        if report is not None:
-            print(format_summary(report))
-        print(f"report: {settings.run_dir / 'report.json'}", flush=True)
         from .artifacts import artifacts_after
 
         artifacts_after(settings)  # report.md and the rank map, as mimo-launch writes them
-    return code if me.rank == 0 or code == EXIT_FAILURE else 0
+    return code
 
 
 if __name__ == "__main__":
