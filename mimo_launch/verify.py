@@ -333,6 +333,7 @@ def verify(groups: MimoGroups, layout: ExpectedLayout, host: str,
         present = actual[:, :, :STAGE_SLOT, 0] > 0
         if timeout_s is not None and (actual[:, :, :STAGE_SLOT, TIMEOUT][present] < 0).any():
             skipped.append(_SKIPPED_TIMEOUT)
+            print(f"verification: {_SKIPPED_TIMEOUT}", flush=True)  # into rank 0's log
     if _agree(me == 0 and any(f.any() for f in flags.values()), device, src0=True):
         slots = None  # failure path only: member lists of (a bounded number of) flagged slots
         if me == 0:

@@ -166,3 +166,25 @@ def test_a_run_builds_its_embedding_groups_through_the_public_function(tmp_path,
         return len(calls)
 
     assert run_world(tmp_path, 8, body) == [2] * 8
+
+
+@pytest.mark.timeout(120)
+def test_group_timeouts_are_read_and_the_check_is_skipped_with_a_reason_where_they_cannot_be(
+        tmp_path, run_world):
+    """compat.group_timeout reads the timeout a group was made with; with the fast paths off
+    (its guard) it reads nothing, and the verification passes saying the check was skipped."""
+    from mimo_launch import compat
+
+    def body(rank):
+        import os
+        seven = dist.new_group([0, 1], timeout=timedelta(seconds=7))
+        read = compat.group_timeout(seven, torch.device("cpu"))
+        os.environ[compat.NO_FAST_PATHS] = "1"
+        unread = compat.group_timeout(seven, torch.device("cpu"))
+        return {"read": read, "unread": unread, **_verified(SINGLE_8, 8)(rank)}
+
+    res = run_world(tmp_path, 8, body)
+    assert res[0]["read"] == 7.0 and res[0]["unread"] is None
+    assert res[0]["passed"] and res[0]["mismatches"] == []
+    assert res[0]["skipped"] == ["group timeouts: not checked, torch does not expose a group's "
+                                 "timeout here (compat.group_timeout)"]
