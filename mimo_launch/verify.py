@@ -89,13 +89,13 @@ def local_record(groups: MimoGroups) -> tuple[np.ndarray, list, dict]:
             group = _group_of(groups, name, kind)
             ranks = None if group is None else sorted(dist.get_process_group_ranks(group))
             module_members.append(ranks)
-            record[m, k, :fpr.N_FIELDS] = fpr.of_members(ranks)
             if group is not None:
                 record[m, k, NAME] = fpr.of_name(compat.group_name(group))
                 seconds = compat.group_timeout(group, device)
                 record[m, k, TIMEOUT] = -1 if seconds is None else round(seconds * 1000)
                 distinct.setdefault(id(group), (group, []))[1].append((m, k))
         record[m, STAGE_SLOT, :2] = groups.stage(name)
+        record[m, :STAGE_SLOT, :fpr.N_FIELDS] = fpr.of_member_lists(module_members)
         members.append(module_members)
     return record, members, distinct
 

@@ -200,3 +200,17 @@ def test_every_mutant_of_the_mutation_check_patches_a_member_that_exists():
         for obj, attr, value in mutant():
             assert hasattr(obj, attr), (mutant.__name__, attr)
             assert getattr(obj, attr) is not value, mutant.__name__
+
+
+def test_member_list_fingerprints_equal_the_oracles_row_fingerprints():
+    """The two sides encode a group the same way: lists in any order, ragged, absent."""
+    from mimo_launch import fingerprint as fpr
+
+    lists = [[3, 1], None, [7], [9, 8, 10, 11], []]
+    got = fpr.of_member_lists(lists)
+    assert got[0].tolist() == fpr.of_rows([[1, 3]])[0].tolist()
+    assert got[0, :3].tolist() == [2, 1, 3]
+    assert got[1].tolist() == [0, 0, 0, 0] and got[4].tolist() == [0, 0, 0, 0]
+    assert got[2].tolist() == fpr.of_rows([[7]])[0].tolist()
+    assert got[3].tolist() == fpr.of_rows([[8, 9, 10, 11]])[0].tolist()
+    assert got[3, :3].tolist() == [4, 8, 11] and got[0, 3] != got[3, 3]
