@@ -116,7 +116,7 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None)
         with tracker.phase("verify"):
             checked = process_group_collections(groups) if function else groups
             expected = expected_layout(job.expected or layout, job.world_size)
-            verdict, _ = verify(checked, expected, node_name())
+            verdict, _ = verify(checked, expected, node_name(), job.timeout_s)
     except Exception as exc:
         fail(exc)
         raise
