@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 # Python 3.12 stack, built and tested by the 3.11 leg's container test).
 PY312_TESTS ?= -m "not container"
 
-.PHONY: run test test-fast test-py312 system-deps slurm-up slurm-down lint clean bench bench-py312
+.PHONY: run test test-fast test-py312 system-deps slurm-up slurm-down lint clean bench bench-py312 mutants
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ bench: $(STAMP)
 
 bench-py312: $(STAMP312)
 	$(VENV312)/bin/python -m benchmarks.run --out benchmarks/RESULTS_py312.md
+
+# Mutation check of the verifier (benchmarks/mutants.py; on demand, not part of make test):
+# builder bugs of our own, each run on every preset; fails unless every one is caught.
+mutants: $(STAMP)
+	$(BIN)/python -m benchmarks.mutants $(ARGS)
 
 slurm-up:
 	bash slurm/local/start.sh

@@ -12,8 +12,9 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .config_schema import SchemaError, check_cluster, strict_bool
 from .mimo_config import SHORT_KEYS, MimoConfigError, MimoParallelismConfig, short_layout
 from .health_config import KNOWN_KEYS as HEALTH_KEYS
 from .health_config import HealthSettings, health_settings
@@ -187,12 +188,13 @@ def entrypoint_from(value) -> tuple[str | None, str | None]:
 
 
 def preset_layout(name: str, world_size: int) -> MimoParallelismConfig:
-    """A layout preset of `conf/mimo/` by name, validated for `world_size` ranks."""
-    path = conf_dir() / "mimo" / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
-        raise UsageError(f"verify_against: no mimo preset {name!r}; available: {known}")
-    return layout_from(OmegaConf.load(path)).validate(world_size)
+    """A layout preset of `conf/mimo/` by its name (a file stem there, never a path),
+    validated for `world_size` ranks."""
+    presets = {p.stem: p for p in (conf_dir() / "mimo").glob("*.yaml")}
+    if name not in presets:
+        raise UsageError(f"verify_against: no mimo preset {name!r}; available: "
+                         f"{', '.join(sorted(presets))}")
+    return layout_from(OmegaConf.load(presets[name])).validate(world_size)
 
 
 def section(node, name: str, known: tuple[str, ...]) -> dict:
@@ -209,8 +211,8 @@ def section(node, name: str, known: tuple[str, ...]) -> dict:
 
 def fault_from(node, world_size: int) -> FaultSpec:
     """The `fault` node as a FaultSpec valid for `world_size` ranks."""
-    data = section(node, "fault", ("kill_rank", "hang_rank", "phase", "slow_rank",
-                                   "slow_factor"))
+    data = section(node, "fault", ("kill_rank", "hang_rank", "phase", "where",
+                                   "artifacts_delay_s", "slow_rank", "slow_factor"))
     try:
         return FaultSpec(**data).validate(world_size)
     except ValueError as exc:
@@ -252,9 +254,10 @@ def plan_from(node, world_size: int) -> PlanOptions:
     gpus = data.get("gpus_per_node")
     if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1):
         raise UsageError(f"plan.gpus_per_node must be a positive integer, got {gpus!r}")
-    picture = data.get("picture", True)
-    if not isinstance(picture, bool):
-        raise UsageError(f"plan.picture must be true or false, got {picture!r}")
+    try:
+        picture = strict_bool(data.get("picture", True), "plan.picture")
+    except SchemaError as exc:
+        raise UsageError(str(exc)) from None
     return PlanOptions(tuple(ranks), gpus, picture)
 
 
@@ -263,18 +266,26 @@ def load_settings(overrides: list[str]) -> LaunchSettings:
     `run_dir` is `hydra.run.dir` as given (every Slurm task of one job must agree on it);
     `claim_output` makes it this run's own."""
     cfg = compose_config(overrides)
+    try:
+        with open_dict(cfg):
+            cfg.cluster = check_cluster(cfg.cluster)
+            for name in ("dry_run", "wait"):
+                cfg[name] = strict_bool(cfg.get(name), name)
+    except SchemaError as exc:
+        raise UsageError(str(exc)) from None
     if cfg.mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
     layout = layout_from(cfg.mimo)
     world = world_size_of(cfg, layout)
     layout = layout.validate(world)
     timeout_s = check_timeout(cfg.timeout_s)
-    # On Slurm the cluster config decides (slurm_launcher), not this machine's GPUs.
-    slurm = cfg.cluster.get("launcher") == "slurm"
+    # On Slurm the cluster config decides (slurm_launcher), and under torchrun each worker's
+    # node (torchrun_task), not this machine's GPUs.
+    per_task = cfg.cluster.get("launcher") in ("slurm", "torchrun")
     planning = cfg.mode == "plan"  # nothing runs here: do not probe this machine's GPUs
     if planning and cfg.device not in DEVICES:
         raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
-    device = str(cfg.device) if slurm or planning else resolve_device(cfg.device, world)
+    device = str(cfg.device) if per_task or planning else resolve_device(cfg.device, world)
     expected = None
     if cfg.get("verify_against"):
         expected = preset_layout(str(cfg.verify_against), world)
@@ -305,10 +316,15 @@ def claim_output(settings: LaunchSettings) -> LaunchSettings:
 
     config = settings.config
     if config.mode == "run":
+        if config.cluster.get("launcher") == "torchrun":
+            raise UsageError("cluster=torchrun: torchrun starts the ranks; run `torchrun "
+                             "--nnodes=N --nproc-per-node=M ... -m mimo_launch.torchrun_task "
+                             "[OVERRIDE ...]` on every node (README: torchrun)")
         if config.cluster.get("launcher") == "slurm":
-            from .slurm_launcher import allocation
+            from .slurm_submit import allocation, check_paths
 
             allocation(settings)
+            check_paths(settings)
             if config.get("dry_run"):
                 return settings
         else:

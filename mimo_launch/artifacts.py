@@ -69,14 +69,26 @@ def run_plan(settings: LaunchSettings) -> int:
     return 0
 
 
+def _written(what: str, write):
+    """`write()`'s result, or None with a one-line warning where the disk refused it (e.g.
+    ENOSPC: the file is not there at all, `atomic_file`)."""
+    try:
+        return write()
+    except OSError as exc:
+        print(f"mimo-launch: warning: {what} not written: {exc.strerror or exc}", file=sys.stderr)
+        return None
+
+
 def write_artifacts(settings: LaunchSettings, report: Report, plan: Plan | None = None,
                     picture: bool = True) -> list[Path]:
-    """Write report.md (linking the picture) and the rank map; return the paths written."""
+    """Write report.md (linking the picture) and the rank map; return the paths written. A
+    file the disk refuses is a one-line warning and is left out of the list."""
     plan = plan or plan_for(settings)
     report = with_modules(report, plan)
     run_dir = Path(settings.run_dir)
     link = f"{RANKMAP_STEM}.png" if picture else None
-    written = [write_report_md(run_dir, report, link, plan)]
+    md = _written("report.md", lambda: write_report_md(run_dir, report, link, plan))
+    written = [md] if md else []
     if picture:
         ok = report.passed and not report.failure
         title = (f"run {'PASSED' if ok else 'FAILED'}: {report.world_size} ranks, "
@@ -99,20 +111,41 @@ def _draw_health(health: dict, stem: Path) -> list[Path]:
         return []
 
 
-def finish_run(settings: LaunchSettings, report: Report) -> None:
-    """After a local run: the verdict first, then report.md and the rank map."""
-    from .console import print_final
+def finish_run(settings: LaunchSettings, report: Report, came: list[int] = ()) -> None:
+    """After a local run: the verdict first, then report.md and the rank map.
 
+    Once the ranks have ended, the verdict stands: an interrupt (`came`: signals already held
+    back, or one arriving now) is held while the verdict prints, and stops only the writing of
+    report.md and the rank map, which a note then names; the exit code stays the report's."""
+    from .console import print_final
+    from .interrupts import describe, held, signal_of
+
+    came = list(came)
     plan = plan_for(settings)
-    print_final(with_modules(report, plan), plan)
-    print(f"report: {Path(settings.run_dir) / 'report.json'}", flush=True)
-    paths = write_artifacts(settings, report, plan)
-    print(f"report.md: {paths[0]}")
-    if len(paths) > 1:
-        print(f"rank map: {paths[1]} (and .svg)")
-    health_png = [p for p in paths if p.name == f"{HEALTH_PICTURE}.png"]
-    if health_png:
-        print(f"health picture: {health_png[0]} (and .svg)")
+    with held() as during:
+        print_final(with_modules(report, plan), plan)
+        print(f"report: {Path(settings.run_dir) / 'report.json'}", flush=True)
+    came += during
+    paths: list[Path] = []
+    if not came:
+        try:
+            time.sleep(settings.fault.artifacts_delay_s)  # a rehearsal's window; 0 normally
+            paths = write_artifacts(settings, report, plan)
+        except KeyboardInterrupt as exc:
+            came.append(signal_of(exc))
+    if came:
+        print(f"mimo-launch: interrupted ({describe(came[0])}) after the verdict: report.md and "
+              f"the rank map were not written; the verdict above and report.json stand",
+              file=sys.stderr)
+    _print_paths(paths)
+
+
+def _print_paths(paths: list[Path]) -> None:
+    for path in (p for p in paths if p.suffix != ".svg"):  # the .svg is named with the .png
+        name = ("report.md" if path.suffix == ".md" else
+                "health picture" if path.stem == HEALTH_PICTURE else "rank map")
+        print(f"{name}: {path}"
+              + (" (and .svg)" if path.suffix == ".png" else ""))
 
 
 def artifacts_after(settings: LaunchSettings) -> None:
@@ -120,8 +153,7 @@ def artifacts_after(settings: LaunchSettings) -> None:
     report = read_report(Path(settings.run_dir))
     if report is None:
         return
-    paths = write_artifacts(settings, report)
-    print(f"report.md: {paths[0]}" + (f"; rank map: {paths[1]}" if len(paths) > 1 else ""))
+    _print_paths(write_artifacts(settings, report))
 
 
 __all__ = ["run_plan", "finish_run", "write_artifacts", "artifacts_after", "plan_for",

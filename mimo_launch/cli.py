@@ -2,7 +2,8 @@
 
 Exit codes: 0 verification passed; 1 a mismatch; 2 bad input (nothing was started);
 3 a failure while running (a rank died or hung, a job failed); 4 a communication-health
-problem (check=health); 130 interrupted.
+problem (check=health); 5 a Slurm job still pending after cluster.pending_timeout_min
+(cancelled); 130/143/129 interrupted by SIGINT (Ctrl-C)/SIGTERM/SIGHUP (`interrupts.py`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ Overrides are Hydra's, e.g.:
                                                 on every rank with its verified groups
   mimo-launch check=health                      after a passing verification, time every group's
                                                 collectives and name slow ranks and nodes
+  mimo-launch collect RUN_DIR                   follow a Slurm job submitted with wait=false
+                                                (or by a stopped launcher), write its report
 Exit codes: 0 passed, 1 mismatch, 2 bad input, 3 failure while running, 4 health problem,
-130 interrupted."""
+5 a Slurm job still pending after cluster.pending_timeout_min (cancelled), 130/143/129
+interrupted by Ctrl-C/SIGTERM/SIGHUP."""
 
 
 def _error(message: str) -> int:
@@ -41,6 +45,12 @@ def _error(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["collect"]:  # mimo-launch collect <run dir>: a submitted Slurm job
+        if len(args) != 2:
+            return _error("usage: mimo-launch collect <run dir>")
+        from .slurm_launcher import collect
+
+        return collect(args[1])
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return 0
@@ -63,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = {k: settings.config[k] for k in settings.config if k != "hydra"}
         print(OmegaConf.to_yaml(OmegaConf.create(cfg), resolve=True), end="")
         return 0
-    from .run_dir import RunDirError
-
     try:
+        if settings.config.mode == "plan":
+            from .plan import check_plan_size
+
+            check_plan_size(settings.world_size)
         settings = claim_output(settings)
-    except (UsageError, RunDirError) as exc:
+    except (UsageError, ValueError) as exc:  # run_dir.RunDirError, a plan too large
         return _error(str(exc))
     if settings.config.mode == "plan":  # no rank is started, torch is not even imported
         from .artifacts import run_plan
@@ -85,10 +97,17 @@ def entry() -> None:
     fsynced) and every rank has ended, so the interpreter's teardown of torch, megatron-core
     and matplotlib (~0.15 s) is skipped: flush, then leave at once.
     """
+    from .interrupts import describe, exit_code, install, signal_of
+
+    install()  # SIGTERM and SIGHUP: as Ctrl-C
     try:
         code = main()
         sys.stdout.flush()
         sys.stderr.flush()
+    except KeyboardInterrupt as exc:  # before any rank started, or while they were stopped
+        signum = signal_of(exc)
+        print(f"mimo-launch: interrupted ({describe(signum)})", file=sys.stderr, flush=True)
+        code = exit_code(signum)
     except BrokenPipeError:  # e.g. `mimo-launch mode=plan | head`: stop quietly, as shells do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 141

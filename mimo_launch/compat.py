@@ -9,6 +9,7 @@ run time, where it is used, and is dropped by itself where it would not be exact
 | `torch.distributed.distributed_c10d._world.group_count` | a rank skips `new_group` for groups it is not in and advances torch's group counter itself: O(its own groups) calls instead of O(all groups in the world) | `dist.new_group` for every group on every rank |
 | `HyperCommGrid._pgs` (megatron-core) | groups made with that skip are stored in the grid, so `grid.get_pg` returns them | `HyperCommGrid.create_pg` (every rank calls `new_group` for every group) |
 | loading `megatron/core/hyper_comm_grid.py` without `megatron/core/__init__.py` | saves seconds and ~100 MB per process | `from megatron.core.hyper_comm_grid import HyperCommGrid` |
+| `ProcessGroup._get_backend(device).options._timeout` (torch) | the verifier checks that every group was made with the run's timeout | none public: the check is skipped, with the reason in the verdict |
 | submitit's `_make_submission_file_text` | `dry_run=true` prints submitit's own sbatch script | the parameters and command, as `#SBATCH` lines |
 
 Tested on megatron-core 0.16.1 (Python 3.11) and 0.19.x (Python 3.12), torch 2.13 and 2.14:
@@ -84,6 +85,27 @@ def is_group_member(group) -> bool:
     """Whether `group` is a process group this rank belongs to (not None, not torch's
     non-member sentinel)."""
     return group is not None and group is not dist.GroupMember.NON_GROUP_MEMBER
+
+
+def group_timeout(group, device) -> float | None:
+    """Seconds after which a collective in `group` (this rank a member) is abandoned, as the
+    group's backend on `device` holds it (the `timeout` given to `dist.new_group`), or None
+    where torch does not expose it: it has no public accessor, so this reads the backend's
+    options, guarded."""
+    if not fast_paths_allowed():
+        return None
+    try:
+        timeout = group._get_backend(device).options._timeout
+        return float(timeout.total_seconds())
+    except Exception:  # noqa: BLE001 - any surprise: not readable here
+        return None
+
+
+def group_name(group) -> str | None:
+    """torch's name of `group` (its store prefix: members of one group share it), or None
+    where the installed torch has no public `ProcessGroup.group_name`."""
+    name = getattr(group, "group_name", None)
+    return name if isinstance(name, str) else None
 
 
 # ---- megatron-core: HyperCommGrid ----------------------------------------------------------

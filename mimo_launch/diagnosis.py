@@ -10,7 +10,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .phases import ALL_PHASES, missing_ranks, rank_failures, rank_phase
+from .phases import RUN_PHASES, missing_ranks, rank_failures, rank_phase
 from .rank_text import format_rank_set
 
 
@@ -61,14 +61,26 @@ class Diagnosis:
 def _first_failed_phase(failures: list[tuple[int, str]]) -> str | None:
     """The earliest phase any rank recorded an error in."""
     seen = {message.split(":", 1)[0] for _, message in failures}
-    ordered = [p for p in ALL_PHASES if p in seen]
+    ordered = [p for p in RUN_PHASES if p in seen]
     return ordered[0] if ordered else None
+
+
+def _stuck(store, phase: str, world_size: int, failures: list[tuple[int, str]]) -> list[int]:
+    """Ranks still in `phase` that recorded no error while others did: they passed its barrier
+    and then stopped (in a group creation or a collective the others timed out in).
+    Only while they are fewer than the ranks that recorded errors: where one rank raised and
+    the rest were stopped before their own timeouts, the one with the error is the culprit.
+    """
+    failed = {r for r, _ in failures}
+    stuck = [r for r in range(world_size) if r not in failed and rank_phase(store, r) == phase]
+    return stuck if len(stuck) < len(failed) else []
 
 
 def diagnose(store, world_size: int, exits: list[RankExit], reason: str | None) -> Diagnosis:
     """Blame ranks that died, else ranks that never arrived at the phase that failed, else the
-    rank whose error in that phase was recorded first (later errors there are often its peers'
-    collectives breaking).
+    ranks in that phase that recorded no error while others timed out (hung after its
+    barrier), else the rank whose error in that phase was recorded first (later errors there
+    are often its peers' collectives breaking).
 
     `reason` is the launcher's own cause (watchdog, Ctrl-C) when no rank died.
     """
@@ -84,12 +96,17 @@ def diagnose(store, world_size: int, exits: list[RankExit], reason: str | None) 
     phase = _first_failed_phase(failures)
     if phase is None:
         phases = [rank_phase(store, r) for r in range(world_size)]
-        reached = [p for p in ALL_PHASES if p in phases]
+        reached = [p for p in RUN_PHASES if p in phases]
         phase = reached[-1] if reached else "init"
     in_phase = [(r, m) for r, m in failures if m.split(":", 1)[0] == phase]
     ranks = missing_ranks(store, phase, world_size)
+    stuck = _stuck(store, phase, world_size, failures) if failures and not ranks else []
     if ranks:
         head = f"phase '{phase}': rank(s) {format_rank_set(ranks)} did not arrive"
+    elif stuck:
+        ranks = stuck
+        head = (f"phase '{phase}': rank(s) {format_rank_set(ranks)} did not finish (no error "
+                f"of theirs: hung after the phase's barrier, the others timed out waiting)")
     elif in_phase:
         ranks = [in_phase[0][0]]
         head = f"phase '{phase}': rank {ranks[0]} failed"

@@ -1,7 +1,8 @@
 """Names of the process groups each module gets, in creation order (SPEC section 3).
 
-A grid group's name lists its dims joined by '+'. Shared by the builder, the oracle and the
-verifier as names only: each derives members from the name by its own arithmetic.
+A grid group's name lists its dims joined by '+'. This is the builder's list (what it builds)
+and the plan's; the oracle and the verifier check SPEC's list of their own
+(`layout_oracle.SPEC_KINDS`), so a kind dropped here fails verification.
 """
 
 GRID_DIMS = ("tp", "cp", "ep", "pp", "dp")  # first varies fastest

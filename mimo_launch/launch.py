@@ -67,8 +67,11 @@ def launch(settings: LaunchSettings) -> int:
     from .console import PhaseProgress
     from .rankmap import warm_up
 
+    from .interrupts import held
+
     with PhaseProgress(settings.world_size, on_first_tick=warm_up) as progress:
         report = launch_local(rank_job(settings), on_tick=progress)
-        progress.finish(report)
-    finish_run(settings, report)  # verdict, then report.md and the rank map
+        with held() as came:  # the ranks have ended: from here on the verdict stands
+            progress.finish(report)
+    finish_run(settings, report, came)  # verdict, then report.md and the rank map
     return report.exit_code

@@ -12,11 +12,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .group_kinds import EMBEDDING_GROUPS, GRID_DIMS, GRID_GROUPS, dims_of
 from .mimo_config import MimoParallelismConfig, ModuleParallelismConfig, as_mimo_config
 
 # Array axis of each dim in the (dp, pp, ep, cp, tp) array, slowest first.
 _AXIS = {"dp": 0, "pp": 1, "ep": 2, "cp": 3, "tp": 4}
+# The group kinds SPEC section 3 requires of every module, written out here and not taken from
+# group_kinds.py: that list tells the builder what to build, this one tells the verifier what
+# to check, so a kind the builder stops building fails verification instead of going unchecked.
+SPEC_GRID_KINDS = ("tp", "cp", "ep", "pp", "dp", "dp+cp", "tp+pp", "tp+ep+pp", "dp+ep",
+                   "tp+cp+ep+pp+dp")
+SPEC_KINDS = SPEC_GRID_KINDS + ("pos_embd", "embd")
 
 
 @dataclass
@@ -64,7 +69,7 @@ def _module_grid(mod: ModuleParallelismConfig) -> np.ndarray:
 
 def grid_groups(grid: np.ndarray, kind: str) -> np.ndarray:
     """The groups of `kind` in a (dp, pp, ep, cp, tp) rank array, one per row."""
-    inside = sorted(_AXIS[d] for d in dims_of(kind))
+    inside = sorted(_AXIS[d] for d in kind.split("+"))
     outside = [a for a in range(grid.ndim) if a not in inside]
     size = int(np.prod([grid.shape[a] for a in inside]))
     return grid.transpose(outside + inside).reshape(-1, size)
@@ -80,18 +85,18 @@ def _index_of(groups: np.ndarray, world_size: int) -> np.ndarray:
 def layout_module(name: str, mod: ModuleParallelismConfig, world_size: int) -> ModuleLayout:
     """The expected groups of one resolved module in a world of `world_size` ranks."""
     grid = _module_grid(mod)
-    groups = {kind: grid_groups(grid, kind) for kind in GRID_GROUPS}
+    groups = {kind: grid_groups(grid, kind) for kind in SPEC_GRID_KINDS}
     pp = groups["pp"]
     first, last = pp[:, :1], pp[:, -1:]
     groups["pos_embd"] = first.copy()
     groups["embd"] = first.copy() if pp.shape[1] == 1 else np.concatenate([first, last], axis=1)
-    index = {kind: _index_of(groups[kind], world_size) for kind in GRID_GROUPS + EMBEDDING_GROUPS}
+    index = {kind: _index_of(groups[kind], world_size) for kind in SPEC_KINDS}
     first_stage = np.ones(world_size, dtype=bool)
     last_stage = np.ones(world_size, dtype=bool)
     stage = np.broadcast_to(np.arange(pp.shape[1]), pp.shape)
     first_stage[pp.ravel()] = (stage == 0).ravel()
     last_stage[pp.ravel()] = (stage == pp.shape[1] - 1).ravel()
-    shape = dict(zip(GRID_DIMS, (mod.tensor_model_parallel_size, mod.context_parallel_size,
+    shape = dict(zip(("tp", "cp", "ep", "pp", "dp"), (mod.tensor_model_parallel_size, mod.context_parallel_size,
                                  mod.expert_tensor_parallel_size,
                                  mod.pipeline_model_parallel_size, mod.data_parallel_size)))
     return ModuleLayout(name, mod.rank_offset, mod.total_ranks, shape, groups, index,

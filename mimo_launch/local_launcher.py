@@ -15,19 +15,26 @@ import struct
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
 import torch.distributed as dist
 
-from .diagnosis import RankExit, diagnose, tail
+from .diagnosis import Diagnosis, RankExit, diagnose, tail
+from .interrupts import describe, held, reset_in_child, signal_of
+from .phases import TEARDOWN_PHASE, arrivals, rank_phase
+from .rank_text import format_rank_set
 from .rank_runner import RankJob, run_rank
 from .report import Report, module_summary, read_report, record_failure, write_report
 
 EXIT_FAILURE = 3
 _POLL_S = 0.05
+# Once a rank has failed (exit 3), the others still running are stopped when no other rank has
+# failed for this long: ranks that timed out waiting for a hung one (about together) record
+# their own errors first, and the diagnosis tells the silent rank from them.
+_SETTLE_S = 1.0
 
 
 def log_path(run_dir: Path, rank: int) -> Path:
@@ -54,7 +61,7 @@ def _child(world_size: int, rank: int, port_fd: int, log: Path, timeout_s: float
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        reset_in_child()
         _die_with_parent()
         (port,) = struct.unpack("!I", os.read(port_fd, 4))
         store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False,
@@ -122,12 +129,13 @@ def _exit_of(rank: int, status: int, stopped: bool = False) -> RankExit:
 @dataclass
 class LocalRun:
     """How a local run ended: every rank's exit, and the launcher's own reason to stop it
-    (watchdog, Ctrl-C) if any. `store` is the run's store, still readable."""
+    (watchdog, Ctrl-C, SIGTERM) if any. `store` is the run's store, still readable."""
 
     exits: list[RankExit]
     reason: str | None
-    interrupted: bool
+    interrupted: str | None  # the signal's name ('SIGTERM') when interrupted
     store: "dist.TCPStore"
+    hung_in_teardown: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -172,35 +180,70 @@ def fork_ranks(world_size: int, run_dir: Path, timeout_s: float, body: RankBody,
     except BaseException:  # no rank may outlive a launcher that could not start the run
         _terminate(pids)
         raise
-    return _wait(pids, watchdog_s or 4 * timeout_s + 30, store, on_tick)
+    return _wait(pids, watchdog_s or 4 * timeout_s + 30, store, on_tick, timeout_s)
 
 
-def _wait(pids: dict[int, int], watchdog_s: float, store, on_tick) -> LocalRun:
+def _wait(pids: dict[int, int], watchdog_s: float, store, on_tick,
+          timeout_s: float) -> LocalRun:
     exits: list[RankExit] = []
-    reason, interrupted = None, False
+    reason, interrupted, hung = None, None, []
     deadline = time.monotonic() + watchdog_s
+    settle = None  # once a rank failed: when the others still running are stopped
+    teardown = _TeardownWatch(store, timeout_s)
     next_tick = 0.0
     try:
         while pids:
-            if on_tick is not None and time.monotonic() >= next_tick:
-                on_tick(store)
-                next_tick = time.monotonic() + _TICK_S
+            now = time.monotonic()
+            if now >= next_tick:
+                if on_tick is not None:
+                    on_tick(store)
+                hung = teardown.overdue(sorted(pids.values()), now)
+                if hung:
+                    reason = (f"rank(s) {format_rank_set(hung)} did not end within "
+                              f"{timeout_s:.0f}s of entering phase '{TEARDOWN_PHASE}'")
+                    break
+                next_tick = now + _TICK_S
             ended = _reap(pids)
             exits += ended
-            if any(not e.ok for e in ended):
+            if any(e.died for e in ended):
+                break
+            if any(not e.ok for e in ended):  # re-armed by each failing rank
+                settle = now + _SETTLE_S
+            if settle is not None and now > settle:
                 break
             if ended:
                 continue
-            if time.monotonic() > deadline:
+            if now > deadline:
                 reason = f"the run did not finish within {watchdog_s:.0f}s"
                 break
-            else:
-                time.sleep(_POLL_S)
-    except KeyboardInterrupt:
-        reason, interrupted = "interrupted (Ctrl-C)", True
+            time.sleep(_POLL_S)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP (interrupts.install)
+        interrupted = signal.Signals(signal_of(exc)).name
+        reason = f"interrupted ({describe(signal_of(exc))})"
     finally:
-        exits += _terminate(pids)
-    return LocalRun(exits, reason, interrupted, store)
+        with held():  # a second Ctrl-C or SIGTERM does not cut the stopping short
+            exits += _terminate(pids)
+    return LocalRun(exits, reason, interrupted, store, hung)
+
+
+class _TeardownWatch:
+    """When each rank entered the teardown phase (read from the store once any rank has),
+    so that one still in it `timeout_s` later is stopped and named."""
+
+    def __init__(self, store, timeout_s: float):
+        self.store, self.timeout_s = store, timeout_s
+        self.entered: dict[int, float] = {}
+
+    def overdue(self, running: list[int], now: float) -> list[int]:
+        try:
+            if not self.entered and not arrivals(self.store, TEARDOWN_PHASE):
+                return []
+            for rank in running:
+                if rank not in self.entered and rank_phase(self.store, rank) == TEARDOWN_PHASE:
+                    self.entered[rank] = now
+        except Exception:  # noqa: BLE001 - the store is the launcher's own; never fatal here
+            return []
+        return [r for r in running if now - self.entered.get(r, now) > self.timeout_s]
 
 
 def launch_local(job: RankJob, watchdog_s: float | None = None,
@@ -214,16 +257,21 @@ def launch_local(job: RankJob, watchdog_s: float | None = None,
     run = fork_ranks(job.world_size, Path(job.run_dir), job.timeout_s,
                      lambda rank, store: run_rank(job, rank, store, local_rank=rank),
                      watchdog_s, on_tick)
-    report = read_report(Path(job.run_dir))
-    if run.ok and report is not None:
-        return report
-    return _failure_report(job, run, report)
+    with held():  # the ranks have ended: the report is written whole
+        report = read_report(Path(job.run_dir))
+        if run.ok and report is not None:
+            return report
+        return _failure_report(job, run, report)
 
 
 def _failure_report(job: RankJob, run: LocalRun, partial: Report | None) -> Report:
     """The report of a failed run, keeping what rank 0 recorded before it failed."""
     run_dir = Path(job.run_dir)
-    diagnosis = diagnose(run.store, job.world_size, run.exits, run.reason)
+    if run.hung_in_teardown:  # after the verdict: it stands, the teardown is named
+        diagnosis = Diagnosis(f"phase '{TEARDOWN_PHASE}': {run.reason}; stopped",
+                              TEARDOWN_PHASE, run.hung_in_teardown)
+    else:
+        diagnosis = diagnose(run.store, job.world_size, run.exits, run.reason)
     blamed = diagnosis.ranks[:1] or [e.rank for e in run.exits if not e.ok][:1]
     message = diagnosis.message
     for rank in blamed:
@@ -234,6 +282,7 @@ def _failure_report(job: RankJob, run: LocalRun, partial: Report | None) -> Repo
                                modules=module_summary(job.layout.validate(job.world_size)),
                                entrypoint=job.entrypoint)
     record_failure(report, message, diagnosis.phase, diagnosis.ranks)
-    report.interrupted = run.interrupted
+    report.interrupted = run.interrupted is not None
+    report.interrupted_by = run.interrupted
     write_report(run_dir, report)
     return report

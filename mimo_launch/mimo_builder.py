@@ -90,7 +90,8 @@ def comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def populate_embedding_and_position_groups(pp_group, *, timeout: timedelta | None = None):
+def populate_embedding_and_position_groups(pp_group, *, timeout: timedelta | None = None,
+                                           factory: GroupFactory | None = None):
     """Return `(pos_embd_pg, embd_pg)` for this rank's pipeline group.
 
     pos_embd: the first PP stage alone; embd: the first and last stage (one rank when PP=1).
@@ -100,9 +101,11 @@ def populate_embedding_and_position_groups(pp_group, *, timeout: timedelta | Non
     groups. Each rank contributes the (first, last) stage of its pipeline to an all-gather,
     so every rank creates the same groups for every pipeline of the world, in the same order,
     whatever its own pipeline is (Megatron-Bridge's MIMO builder, SPEC section 4's first trap).
-    `timeout` bounds every collective in the new groups (None: torch's default).
+    `timeout` bounds every collective in the new groups (None: torch's default); `factory`
+    (keyword, for `build_mimo_groups`) makes the groups instead, with its own timeout and
+    counts. Every run builds its embedding groups through this function.
     """
-    factory = GroupFactory(dist.get_backend(), timeout)
+    factory = factory or GroupFactory(dist.get_backend(), timeout)
     return _embedding_groups(pp_group, _gather_pipeline_ends(pp_group), factory)
 
 
@@ -217,10 +220,9 @@ def build_mimo_groups(cfg: MimoParallelismConfig, phase=None,
     """Build the grids and embedding groups of every module; collective over the world.
     `cfg` as for `build_hypercomm_grids` (Bridge's config objects too).
 
-    The grids are `build_hypercomm_grids`'; each module's embedding groups are made as
-    `populate_embedding_and_position_groups` makes them, but from the grid's own enumeration of
-    every pipeline instead of that function's all-gather (no world-wide collective: 15% of a
-    32-rank gloo build).
+    The grids are `build_hypercomm_grids`'; each module's embedding groups come from the
+    public `populate_embedding_and_position_groups(pp_group)` (one world-wide all-gather per
+    module), so a run checks the function users call.
     `phase(name)`, if given, is a context manager wrapped around the 'grids' and 'embedding'
     steps (the rank runner passes its phase tracker: barrier, timeout, fault injection).
     `timeout` bounds every collective in the new groups. Raises MimoConfigError for a layout
@@ -234,9 +236,7 @@ def build_mimo_groups(cfg: MimoParallelismConfig, phase=None,
         for name, grid in grids.items():
             groups = {kind: grid.get_pg(dims_of(kind)) for kind in GRID_GROUPS}
             pp = groups["pp"]
-            pipelines = np.asarray(grid.get_rank_enum(["pp"]), dtype=np.int64)
-            pairs = np.stack([pipelines.min(axis=1), pipelines.max(axis=1)], axis=1)
-            pos_embd, embd = _embedding_groups(pp, pairs, factory)
+            pos_embd, embd = populate_embedding_and_position_groups(pp, factory=factory)
             modules[name] = ModuleGroups(grid, groups, pos_embd, embd,
                                          is_pp_first_stage(pp), is_pp_last_stage(pp))
     return MimoGroups(modules, factory.new_group_calls, factory.member_calls)

@@ -27,6 +27,11 @@ PHASES = ("init", "grids", "embedding", "verify")  # the builder's phases, every
 HEALTH_PHASE = "health"  # check=health: the health stage, after a passing verification
 ENTRYPOINT_PHASE = "entrypoint"  # the user's function, after a passing verification
 ALL_PHASES = PHASES + (HEALTH_PHASE, ENTRYPOINT_PHASE)
+# Destroying the groups, after the verdict (and the entry point): no barrier; the launcher
+# stops a rank still in it `timeout_s` after it entered (local_launcher).
+TEARDOWN_PHASE = "teardown"
+RUN_PHASES = ALL_PHASES + (TEARDOWN_PHASE,)
+FAULT_WHERE = ("start", "after_barrier")
 _FAULT_KINDS = ("kill_rank", "hang_rank", "slow_rank")
 
 
@@ -41,12 +46,18 @@ class PhaseError(RuntimeError):
 
 @dataclass(frozen=True)
 class FaultSpec:
-    """Make `kill_rank` die (SIGKILL) or `hang_rank` stop forever on entering `phase`;
-    `slow_rank` runs every timed iteration of the health stage `slow_factor` times slower."""
+    """Make `kill_rank` die (SIGKILL) or `hang_rank` stop forever in `phase`: on entering it,
+    before its barrier (`where='start'`), or just after the barrier (`'after_barrier'`), so
+    that the other ranks wait in that phase's group creation or collectives. In the teardown
+    phase both mean on entering it. `artifacts_delay_s`: the launcher waits that long after
+    printing the verdict, before writing report.md and the rank map. `slow_rank` runs every
+    timed iteration of the health stage `slow_factor` times slower."""
 
     kill_rank: int | None = None
     hang_rank: int | None = None
     phase: str | None = None
+    where: str = "start"
+    artifacts_delay_s: float = 0.0
     slow_rank: int | None = None
     slow_factor: float = 4.0
 
@@ -68,20 +79,28 @@ class FaultSpec:
         factor = self.slow_factor
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1:
             raise ValueError(f"fault.slow_factor must be a number >= 1, got {factor!r}")
-        if self.active and self.phase not in ALL_PHASES:
-            raise ValueError(f"fault.phase must be one of {', '.join(ALL_PHASES)} when a fault is "
-                             f"set, got {self.phase!r}")
+        if self.active and self.phase not in RUN_PHASES:
+            raise ValueError(f"fault.phase must be one of {', '.join(RUN_PHASES)} when a fault "
+                             f"is set, got {self.phase!r}")
+        if self.where not in FAULT_WHERE:
+            raise ValueError(f"fault.where must be one of {', '.join(FAULT_WHERE)}, got "
+                             f"{self.where!r}")
+        delay = self.artifacts_delay_s
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0:
+            raise ValueError(f"fault.artifacts_delay_s must be a number of seconds >= 0, got "
+                             f"{delay!r}")
         return self
 
-    def apply(self, rank: int, phase: str) -> None:
-        """Die or hang here if this rank and phase are the target."""
-        if phase != self.phase:
+    def apply(self, rank: int, phase: str, where: str = "start") -> None:
+        """Die or hang here if this rank, phase and place are the target."""
+        if phase != self.phase or where != self.where:
             return
         if rank == self.kill_rank:
-            print(f"fault injection: rank {rank} kills itself in phase '{phase}'", flush=True)
+            print(f"fault injection: rank {rank} kills itself in phase '{phase}' ({where})",
+                  flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
         if rank == self.hang_rank:
-            print(f"fault injection: rank {rank} hangs in phase '{phase}'", flush=True)
+            print(f"fault injection: rank {rank} hangs in phase '{phase}' ({where})", flush=True)
             while True:
                 time.sleep(3600)
 
@@ -94,8 +113,11 @@ class PhaseTracker:
     """One rank's view of the phases; `store` is the run's rendezvous store (a TCPStore)."""
 
     def __init__(self, store, rank: int, world_size: int, timeout_s: float,
-                 fault: FaultSpec | None = None):
+                 fault: FaultSpec | None = None, on_enter=None):
+        """`on_enter(phase)`, if given, is called on entering each phase, before its barrier
+        (a Slurm task records its phase in a file with it: `rank_status.RankStatus`)."""
         self.store, self.rank, self.world_size = store, rank, world_size
+        self.on_enter = on_enter
         self.timeout = timedelta(seconds=timeout_s)
         self.fault = fault or FaultSpec()
         self.current: str | None = None
@@ -106,11 +128,24 @@ class PhaseTracker:
         """Enter `name` (barrier over every rank), run the body, record its duration."""
         self.current = name
         self.store.set(_key("phase", self.rank), name)
+        if self.on_enter is not None:
+            self.on_enter(name)
         self.fault.apply(self.rank, name)
         self._arrive(name)
+        self.fault.apply(self.rank, name, "after_barrier")
         start = time.perf_counter()
         yield
         self.timings[name] = time.perf_counter() - start
+
+    @contextmanager
+    def teardown(self):
+        """Enter the teardown phase (no barrier: each rank destroys its own groups); the
+        launcher bounds it (`arrivals(store, TEARDOWN_PHASE)`, `rank_phase`)."""
+        self.current = TEARDOWN_PHASE
+        self.store.set(_key("phase", self.rank), TEARDOWN_PHASE)
+        self.store.add(_key("count", TEARDOWN_PHASE), 1)
+        self.fault.apply(self.rank, TEARDOWN_PHASE, self.fault.where)
+        yield
 
     def _arrive(self, name: str) -> None:
         self._mark(name, "arrived", "count", "open")

@@ -20,6 +20,17 @@ from .rank_text import format_rank_set
 from .report import shape_text
 
 DEFAULT_RANKS_PER_NODE = 8
+# The largest world `make_plan` lays out. The oracle holds every group of every kind in memory
+# (about 200 bytes per rank, ~0.2 GiB and ~1 s at this bound), so a bigger world is refused
+# before anything is allocated instead of growing without limit.
+MAX_PLAN_RANKS = 1 << 20
+
+
+def check_plan_size(world_size: int) -> None:
+    """Raise ValueError (one line) when `world_size` exceeds `MAX_PLAN_RANKS`."""
+    if world_size > MAX_PLAN_RANKS:
+        raise ValueError(f"mode=plan lays out at most {MAX_PLAN_RANKS:,} ranks (every group is "
+                         f"held in memory); the world size {world_size:,} is larger")
 
 
 def ranks_per_node(cluster, override=None) -> int:
@@ -95,7 +106,9 @@ class Plan:
 
 def make_plan(layout: MimoParallelismConfig, world_size: int,
               ranks_per_node: int = DEFAULT_RANKS_PER_NODE) -> Plan:
-    """Validate `layout` for `world_size` ranks (MimoConfigError otherwise) and plan it."""
+    """Validate `layout` for `world_size` ranks (MimoConfigError otherwise) and plan it.
+    ValueError above `MAX_PLAN_RANKS` ranks (`check_plan_size`)."""
+    check_plan_size(world_size)
     if ranks_per_node < 1:
         raise ValueError(f"ranks per node must be >= 1, got {ranks_per_node}")
     resolved = layout.validate(world_size)
@@ -187,5 +200,5 @@ def rank_lines(plan: Plan, rank: int) -> list[str]:
     return lines
 
 
-__all__ = ["Plan", "ModulePlan", "make_plan", "format_plan", "rank_lines", "ranks_per_node",
-           "format_members"]
+__all__ = ["Plan", "ModulePlan", "make_plan", "check_plan_size", "MAX_PLAN_RANKS", "format_plan",
+           "rank_lines", "ranks_per_node", "format_members"]

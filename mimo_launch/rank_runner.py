@@ -93,16 +93,18 @@ def report_timings(tracker: PhaseTracker) -> dict[str, float]:
     return {("verification" if k == "verify" else k): v for k, v in tracker.timings.items()}
 
 
-def run_rank(job: RankJob, rank: int, store, local_rank: int = 0) -> int:
+def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None) -> int:
     """Run one rank to the end; return its exit code (0 pass, 1 mismatch).
 
     With `job.entrypoint`, the groups are verified as they sit in each module's
     ProcessGroupCollection and, once verification has passed, the entry point runs
     (`entrypoint.run_entrypoint`). Raises on any failure, after leaving the error in `store`
     (rank 0 also writes a failed report.json). Rank 0 writes report.json into `job.run_dir`.
+    `on_phase(name)` is called as the rank enters each phase (`PhaseTracker`).
     """
     torch.set_num_threads(1)
-    tracker = PhaseTracker(store, rank, job.world_size, job.timeout_s, job.fault)
+    tracker = PhaseTracker(store, rank, job.world_size, job.timeout_s, job.fault,
+                           on_enter=on_phase)
     layout = job.layout
 
     def fail(exc: BaseException) -> None:
@@ -124,7 +126,7 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0) -> int:
         with tracker.phase("verify"):
             checked = process_group_collections(groups) if function else groups
             expected = expected_layout(job.expected or layout, job.world_size)
-            verdict, _ = verify(checked, expected, node_name())
+            verdict, _ = verify(checked, expected, node_name(), job.timeout_s)
     except Exception as exc:
         fail(exc)
         raise
@@ -157,8 +159,9 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0) -> int:
             report.timings = report_timings(tracker)
             report.entrypoint_finished = True
             write_report(Path(job.run_dir), report)
-    groups.destroy()
-    dist.destroy_process_group()
+    with tracker.teardown():
+        groups.destroy()
+        dist.destroy_process_group()
     return 0 if verdict.passed else 1
 
 

@@ -5,7 +5,9 @@ with its module's colour (colocated modules: one band per module) and labelled w
 and TP/CP/ETP/PP/DP coordinates; first pipeline stages carry a right-pointing triangle (▶),
 last stages a square (modules with PP > 1 only). A failed or mismatched rank is filled red, with
 a strip of its module's colour kept at the bottom. Past `DETAIL_MAX_RANKS` ranks each cell is a
-whole node instead (its modules, its PP stage, red when any of its ranks failed).
+whole node instead (its modules, its PP stage, red when any of its ranks failed); past
+`MAX_DRAWN_NODES` nodes only the first ones are drawn and a line counts the rest, so the picture's
+size and drawing time stay those of a 16,384-rank world however large the world is.
 
 The picture's size is `figure_size(...)` inches at `DPI`; cells are plain unantialiased
 rectangles with white gaps, so a test can count them in the PNG by colour. Every module colour
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic_file import atomic_file
 from .plan import Plan
 from .report import shape_text
 
@@ -29,6 +32,7 @@ FAIL_COLOUR = "#e41a1c"
 DPI = 100
 DETAIL_MAX_RANKS = 512
 NODES_PER_ROW = 32  # aggregated drawing: nodes per picture row
+MAX_DRAWN_NODES = 2048  # aggregated drawing: nodes drawn at most (64 rows)
 _LEFT, _RIGHT, _TITLE, _BOTTOM, _LEGEND_ROW = 1.25, 0.25, 0.45, 0.25, 0.24
 _STRIP = 0.2  # share of a failed cell kept in its module's colour
 
@@ -66,7 +70,8 @@ def geometry(plan: Plan, failures: bool = False) -> Geometry:
         return Geometry(False, plan.ranks_per_node, plan.nodes, 1.1 if small else 0.74,
                         band * bands, 7.0 if small else 5.0, legend_h)
     cols = min(NODES_PER_ROW, plan.nodes)
-    return Geometry(True, cols, -(-plan.nodes // cols), 0.42, 0.3 * (1 if bands == 1 else 1.3),
+    rows = -(-min(plan.nodes, MAX_DRAWN_NODES) // cols) + int(plan.nodes > MAX_DRAWN_NODES)
+    return Geometry(True, cols, rows, 0.42, 0.3 * (1 if bands == 1 else 1.3),
                     4.5, legend_h)
 
 
@@ -178,13 +183,19 @@ def _aggregated(plan: Plan, geo: Geometry, top: float, canvas: _Canvas, colours,
                     ha="center", va="bottom", fontsize=geo.font)
     gap_w, gap_h = geo.cell_w * 0.08, geo.cell_h * 0.1
     w, h = geo.cell_w - gap_w, geo.cell_h - gap_h
-    for node in range(plan.nodes):
+    shown = min(plan.nodes, MAX_DRAWN_NODES)
+    if shown < plan.nodes:  # the last row says what is not drawn
+        canvas.text(_LEFT, top + (geo.rows - 0.5) * geo.cell_h,
+                    f"... {plan.nodes - shown:,} more nodes (ranks {shown * g:,}-"
+                    f"{plan.world_size - 1:,}) not drawn; {int(bad[shown:].sum()):,} of their "
+                    f"ranks failed", va="center", fontsize=8)
+    for node in range(shown):
         row, col = divmod(node, geo.cols)
         x = _LEFT + col * geo.cell_w + gap_w / 2
         y = top + row * geo.cell_h + gap_h / 2
         lo, hi = node * g, min(plan.world_size, (node + 1) * g)
         if col == 0:
-            last = min(plan.nodes, node + geo.cols) - 1
+            last = min(shown, node + geo.cols) - 1
             canvas.text(_LEFT - 0.08, y + h / 2, f"nodes {node}-{last}\nranks {lo}-"
                         f"{min(plan.world_size, (last + 1) * g) - 1}", ha="right", va="center",
                         fontsize=geo.font, linespacing=1.0)
@@ -317,11 +328,12 @@ def draw_rankmap(plan: Plan, stem: Path, failed=(), title: str = "",
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    fig.savefig(paths[0], dpi=DPI)
-    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text: smaller, faster
-        fig.savefig(paths[1], dpi=DPI)
+    with atomic_file(paths[0]) as f:  # a full disk leaves no half-written picture
+        fig.savefig(f, dpi=DPI, format="png")
+    with matplotlib.rc_context({"svg.fonttype": "none"}), atomic_file(paths[1]) as f:
+        fig.savefig(f, dpi=DPI, format="svg")  # text stays text: smaller, faster
     return paths
 
 
 __all__ = ["draw_rankmap", "figure_size", "module_colours", "MODULE_COLOURS", "FAIL_COLOUR",
-           "DETAIL_MAX_RANKS"]
+           "DETAIL_MAX_RANKS", "MAX_DRAWN_NODES"]

@@ -6,14 +6,15 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .atomic_file import write_text_atomic
 from .health_report import health_lines
+from .interrupts import exit_code
 from .mimo_config import MimoParallelismConfig
-from .phases import ENTRYPOINT_PHASE
+from .phases import ENTRYPOINT_PHASE, TEARDOWN_PHASE
 
 REPORT_NAME = "report.json"
 
@@ -35,6 +36,7 @@ class Report:
     failed_phase: str | None = None
     failed_ranks: list[int] = field(default_factory=list)
     interrupted: bool = False
+    interrupted_by: str | None = None  # 'SIGINT', 'SIGTERM' or 'SIGHUP' when interrupted
     entrypoint: str | None = None  # 'pkg.module:function' run after a passing verification
     entrypoint_finished: bool = False  # it returned on every rank
     health: dict | None = None  # check=health: the health stage's section (health_stage.py)
@@ -48,10 +50,11 @@ class Report:
     @property
     def exit_code(self) -> int:
         """0 pass, 1 mismatch, 3 a failure (a rank died, hung or raised, also in the entry
-        point, or the entry point never finished), 4 a health problem (a suspect group, with
-        health.fail true), 130 interrupted."""
+        point, or the entry point never finished), 4 a health problem (a blamed rank or node,
+        with health.fail true), 128 + the signal when interrupted (130 Ctrl-C, 143 SIGTERM,
+        129 SIGHUP: `interrupts.exit_code`)."""
         if self.interrupted:
-            return 130
+            return exit_code(signal.Signals[self.interrupted_by or "SIGINT"])
         if self.failure or self.awaiting_entrypoint:
             return 3
         if self.passed and self.health_problem:
@@ -82,26 +85,10 @@ def record_failure(report: Report, message: str, phase: str | None,
     return report
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read once, at import (single-threaded then)
-
-
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write `data` as JSON to `path` so that readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it, not mkstemp's 0600
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `data` as JSON to `path` so that readers see the old file or the whole new one
+    (`atomic_file.write_text_atomic`; OSError such as ENOSPC leaves the old file)."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_report(run_dir: Path, report: Report) -> Path:
@@ -136,13 +123,15 @@ def verdict_line(report: Report) -> str:
     verdict = "PASSED" if report.passed and not report.failure else "FAILED"
     if report.failed_phase == ENTRYPOINT_PHASE:
         verdict = "PASSED, entry point FAILED"
+    if report.failed_phase == TEARDOWN_PHASE and not report.mismatches:
+        verdict = "PASSED, teardown FAILED"
     return (f"mimo-launch verification {verdict}: world size {report.world_size}, "
             f"backend {report.backend}")
 
 
 def module_checks(report: Report) -> dict[str, dict[str, int]]:
     """Per module, the number of mismatches of each check; {} when verification never ran."""
-    if report.failure and not report.mismatches:
+    if report.failure and not report.mismatches and report.failed_phase != TEARDOWN_PHASE:
         return {}
     out = {name: dict.fromkeys(CHECKS, 0) for name in report.modules}
     for mm in report.mismatches:

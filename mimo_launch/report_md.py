@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from .atomic_file import write_text_atomic
 from .health_report import TABLE_HEADER, table_rows
 from .report import CHECKS, Report, module_checks, verdict_line
 
@@ -101,11 +102,10 @@ def _health_section(health: dict | None) -> list[str]:
 
 def write_report_md(run_dir: Path, report: Report, picture: str | None = None,
                     plan=None) -> Path:
-    """Write `<run_dir>/report.md`; return its path."""
-    path = Path(run_dir) / REPORT_MD_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report_md(report, picture, plan))
-    return path
+    """Write `<run_dir>/report.md` atomically; return its path. OSError (e.g. a full disk)
+    leaves no file."""
+    return write_text_atomic(Path(run_dir) / REPORT_MD_NAME,
+                             render_report_md(report, picture, plan))
 
 
 __all__ = ["render_report_md", "write_report_md", "REPORT_MD_NAME"]

@@ -8,12 +8,19 @@ world size (exit 2), runs the rank, and rank 0 prints the report. Exit codes: ra
 report's (0 pass, 1 mismatch), other ranks 0 once they are done; 3 on a failure, every rank.
 
 Both take rank, world size and local rank from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, the
-master address from the first node of SLURM_JOB_NODELIST and the port from the job id (an
-inherited MASTER_ADDR / MASTER_PORT is overwritten, not read), bind to GPU `local_rank` with
-nccl, and call `rank_runner.run_rank`. SIGTERM (scancel, or a task that failed under
-`--kill-on-bad-exit=1`) ends a task at once with code 3; rank 0 first writes each rank's phase
-to phases.json and a diagnosis to report.json, unless a report is already there (other than
-one still waiting for the entry point to finish).
+master address from the first node of the step (SLURM_STEP_NODELIST, else SLURM_JOB_NODELIST)
+and the port from the job id (an inherited MASTER_ADDR / MASTER_PORT is overwritten, not read),
+bind to GPU `local_rank` with nccl, and call `rank_runner.run_rank`. Each task writes its output
+to `<run dir>/logs/rank<N>.log` (the local launcher's layout) and its phase and ending to
+`<run dir>/status/rank<N>.json` (`rank_status`). SIGTERM (scancel, or a task that failed under
+`--kill-on-bad-exit=1`) ends a task at once with code 3; rank 0 first writes a diagnosis to
+report.json, unless a report is already there (other than one still waiting for the entry
+point to finish).
+
+`python -m mimo_launch.slurm_task --check-tasks=N [OVERRIDE ...]` only composes the config and
+checks that N tasks hold the layout's world size (exit 0, or 2 with one line): the sbatch
+script runs it once before srun, so that a wrong-sized allocation exits 2, not with whatever
+srun makes of every task refusing at once.
 """
 
 from __future__ import annotations
@@ -23,20 +30,15 @@ import re
 import signal
 import subprocess
 import sys
-import threading
-import traceback
 from dataclasses import dataclass, replace
-from datetime import timedelta
 from pathlib import Path
 
-EXIT_USAGE = 2
-EXIT_FAILURE = 3
+from .task_entry import EXIT_USAGE
+
 # Rendezvous ports 20000-31999: below Linux's ephemeral range (32768-60999 by default), where any
 # outgoing connection on the node may hold a port for a while.
 PORT_BASE = 20000
 PORT_SPAN = 12000
-# Written by rank 0 when Slurm stops the step: the phase each rank had entered, by rank.
-PHASES_NAME = "phases.json"
 
 
 @dataclass(frozen=True)
@@ -97,104 +99,41 @@ def export_env(me: SlurmRank) -> None:
                       LOCAL_RANK=str(me.local_rank))
 
 
-def gpu_index(local_rank: int) -> int:
-    """The GPU of this task: its local rank, or 0 when Slurm shows each task one GPU only."""
-    import torch
-
-    count = torch.cuda.device_count()
-    return local_rank if local_rank < count else local_rank % max(count, 1)
-
-
-def task_device(requested: str) -> str:
-    """'auto' -> cuda where this node shows a GPU, else cpu (sbatch path only)."""
-    if requested in ("cpu", "cuda"):
-        return requested
-    if requested != "auto":
-        raise ValueError(f"device must be one of auto, cpu, cuda, got {requested!r}")
-    from .app_config import gpu_count
-
-    return "cuda" if gpu_count() else "cpu"
-
-
-class _StopOnSigterm:
-    """End the task with EXIT_FAILURE on SIGTERM, even while the main thread sits in C++.
-
-    The signal's number arrives on a wakeup fd read by a thread; on rank 0 that thread first
-    diagnoses the run through its own store client and writes report.json if none exists.
-    """
-
-    def __init__(self, job, me: SlurmRank):
-        self.job, self.me, self.probe = job, me, None
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(write_fd, False)
-        signal.signal(signal.SIGTERM, lambda *_: None)  # a Python handler: feeds the wakeup fd
-        signal.set_wakeup_fd(write_fd)
-        threading.Thread(target=self._watch, args=(read_fd,), daemon=True,
-                         name="mimo-sigterm").start()
-
-    def connect(self) -> None:
-        """Rank 0: a second client of its own store, usable while the main one is blocked."""
-        if self.me.rank != 0:
-            return
-        import torch.distributed as dist
-
-        self.probe = dist.TCPStore(self.me.master_addr, self.me.master_port,
-                                   self.me.world_size, is_master=False,
-                                   timeout=timedelta(seconds=10))
-
-    def _watch(self, fd: int) -> None:
-        while signal.SIGTERM not in os.read(fd, 64):
-            pass
-        try:
-            print(f"rank {self.me.rank}: SIGTERM from Slurm, stopping", flush=True)
-            if self.probe is not None:
-                self._report()
-        except BaseException:  # noqa: BLE001 - the diagnosis is best effort; exit anyway
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(EXIT_FAILURE)
-
-    def _report(self) -> None:
-        from .diagnosis import diagnose
-        from .phases import rank_phase
-        from .report import (Report, module_summary, read_report, record_failure,
-                             write_json_atomic, write_report)
-
-        run_dir = Path(self.job.run_dir)
-        write_json_atomic(run_dir / PHASES_NAME, {
-            str(r): rank_phase(self.probe, r) for r in range(self.job.world_size)})
-        report = read_report(run_dir)
-        if report is not None and not report.awaiting_entrypoint:
-            return
-        found = diagnose(self.probe, self.job.world_size, [],
-                         "Slurm stopped the job step: a task ended early or the job was "
-                         "cancelled")
-        report = report or Report(
-            passed=False, world_size=self.job.world_size, backend=self.job.backend,
-            modules=module_summary(self.job.layout.validate(self.job.world_size)),
-            entrypoint=self.job.entrypoint)
-        write_report(run_dir, record_failure(report, found.message, found.phase, found.ranks))
-
-
 def run_task(job) -> int:
     """Run this Slurm task as rank SLURM_PROCID of `job` (a RankJob); return run_rank's code.
 
     Raises on failure, like run_rank. The allocation must have `job.world_size` tasks.
     """
-    from .rank_runner import run_rank
+    from .task_entry import run_rank_task
 
     me = slurm_rank()
     if me.world_size != job.world_size:
         raise RuntimeError(f"the job has {me.world_size} tasks but the layout's world size is "
                            f"{job.world_size}")
     export_env(me)
-    stopper = _StopOnSigterm(job, me)
-    store = rendezvous_store(me, job.timeout_s)
-    stopper.connect()
-    local = gpu_index(me.local_rank) if job.device == "cuda" else me.local_rank
-    return run_rank(job, me.rank, store, local_rank=local)
+    log_to_rank_file(Path(job.run_dir), me.rank)
+    # Slurm's time-limit warning (submitit's --signal=USR2@N): submitit's handler ends a task
+    # that cannot checkpoint, which killed healthy short jobs; the limit itself still ends it
+    # (SIGTERM), and timeout_s bounds every phase.
+    signal.signal(signal.SIGUSR2, lambda *_: print(
+        f"rank {me.rank}: Slurm's time-limit warning (SIGUSR2); going on", flush=True))
+    return run_rank_task(job, me.rank, me.local_rank, "Slurm",
+                         lambda: rendezvous_store(me, job.timeout_s),
+                         (me.master_addr, me.master_port))
+
+
+def log_to_rank_file(run_dir: Path, rank: int) -> None:
+    """From here on, this process's stdout and stderr (file descriptors 1 and 2, so C++ and
+    child output too) go to `<run_dir>/logs/rank<rank>.log`, appended: the local launcher's
+    layout. srun's own messages stay in the job's batch log."""
+    path = run_dir / "logs" / f"rank{rank}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def rendezvous_store(me: SlurmRank, timeout_s: float):
@@ -217,44 +156,31 @@ def rendezvous_store(me: SlurmRank, timeout_s: float):
 def main(argv: list[str] | None = None) -> int:
     """The sbatch entry point (see the module docstring); returns the task's exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        me = slurm_rank()
-    except RuntimeError as exc:
-        print(f"mimo_launch.slurm_task: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if not any(a.startswith("hydra.run.dir=") for a in args):
-        args.append(f"hydra.run.dir=outputs/slurm-{me.job_id}")
-    from .app_config import UsageError, load_settings
-    from .mimo_config import MimoConfigError
-
-    def usage(message: str) -> int:
-        if me.rank == 0:
-            print(f"mimo_launch.slurm_task: error: {message}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
-
-    try:
-        settings = load_settings(args)
-        device = task_device(settings.device)
-    except (UsageError, MimoConfigError, ValueError) as exc:
-        return usage(str(exc))
-    if settings.world_size != me.world_size:
-        return usage(f"the allocation has {me.world_size} tasks (SLURM_NTASKS: nodes x "
-                     f"ntasks-per-node) but the layout's world size is {settings.world_size}")
+    check = [a for a in args if a.startswith("--check-tasks=")]
+    args = [a for a in args if a not in check]
+    if check:
+        tasks = check[-1].partition("=")[2]
+        me = None
+    else:
+        try:
+            me = slurm_rank()
+        except RuntimeError as exc:
+            print(f"mimo_launch.slurm_task: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        tasks = me.world_size
+        if not any(a.startswith("hydra.run.dir=") for a in args):
+            args.append(f"hydra.run.dir=outputs/slurm-{me.job_id}")
     from .launch import rank_job
-    from .report import format_summary, read_report
+    from .task_entry import finish_task, task_settings
 
+    found = task_settings("mimo_launch.slurm_task", me is None or me.rank == 0, args, tasks,
+                          f"the allocation has {tasks} tasks (SLURM_NTASKS: nodes x "
+                          f"ntasks-per-node)")
+    if isinstance(found, int) or me is None:
+        return found if isinstance(found, int) else 0
+    settings, device = found
     job = replace(rank_job(settings), device=device)
-    try:
-        code = run_task(job)
-    except Exception:  # noqa: BLE001 - every failure is in this task's log, exit 3
-        traceback.print_exc()
-        code = EXIT_FAILURE
-    if me.rank == 0:
-        report = read_report(settings.run_dir)
-        if report is not None:
-            print(format_summary(report))
-        print(f"report: {settings.run_dir / 'report.json'}", flush=True)
-    return code if me.rank == 0 or code == EXIT_FAILURE else 0
+    return finish_task(me.rank, settings, lambda: run_task(job))
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def slurm_cluster():
 def collect_memberships(cfg: MimoParallelismConfig):
     """A rank body: build every module's groups and return their members as the rank sees
     them (straight from dist.get_process_group_ranks), plus its stage flags."""
-    from mimo_launch.group_kinds import GRID_GROUPS, dims_of
+    from mimo_launch.layout_oracle import SPEC_GRID_KINDS
     from mimo_launch.mimo_builder import build_mimo_groups
     import torch.distributed as dist
 
@@ -107,7 +107,7 @@ def collect_memberships(cfg: MimoParallelismConfig):
         groups = build_mimo_groups(cfg)
         out = {}
         for mod, mg in groups.modules.items():
-            got = {kind: ranks(mg.grid.get_pg(dims_of(kind))) for kind in GRID_GROUPS}
+            got = {kind: ranks(mg.grid.get_pg(kind.split("+"))) for kind in SPEC_GRID_KINDS}
             got["pos_embd"], got["embd"] = ranks(mg.pos_embd), ranks(mg.embd)
             got["first"], got["last"] = mg.is_first_stage, mg.is_last_stage
             out[mod] = got
@@ -118,14 +118,14 @@ def collect_memberships(cfg: MimoParallelismConfig):
 
 
 def assert_memberships_match(results: list, cfg: MimoParallelismConfig, world_size: int):
-    """Every rank's groups and stage flags equal the oracle's."""
-    from mimo_launch.group_kinds import ALL_GROUPS
-    from mimo_launch.layout_oracle import expected_layout
+    """Every rank's groups and stage flags equal the oracle's, for every kind of SPEC's list
+    (the oracle's own, not the builder's)."""
+    from mimo_launch.layout_oracle import SPEC_KINDS, expected_layout
 
     exp = expected_layout(cfg, world_size)
     for rank, got in enumerate(results):
         for name, mod in exp.modules.items():
-            for kind in ALL_GROUPS:
+            for kind in SPEC_KINDS:
                 assert got[name][kind] == mod.members(kind, rank), (rank, name, kind)
             assert got[name]["first"] == bool(mod.first_stage[rank]), (rank, name)
             assert got[name]["last"] == bool(mod.last_stage[rank]), (rank, name)

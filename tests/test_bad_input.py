@@ -64,6 +64,53 @@ CASES = {
                                     ["fault.phase", "'train'"]),
     "verify against an unknown preset": (["verify_against=nope"], ["verify_against", "'nope'"]),
     "unknown mode": (["mode=bogus"], ["mode", "'bogus'"]),
+    "switch not a boolean": (["dry_run=maybe"], ["dry_run must be true or false", "'maybe'"]),
+    "switch a number other than 0/1": (["wait=2"], ["wait must be true or false", "got 2"]),
+    "picture not a boolean": (["mode=plan", "plan.picture=sometimes"],
+                              ["plan.picture must be true or false", "'sometimes'"]),
+    "preset given as a path": (["verify_against=../config"],
+                               ["no mimo preset '../config'", "vlm_8"]),
+    "max ranks negative": (["cluster.max_ranks=-1"], ["cluster.max_ranks must be", ">= 1",
+                                                      "got -1"]),
+    "nproc not an integer": (["cluster.nproc=four"], ["cluster.nproc must be an integer",
+                                                      "'four'"]),
+    "unknown launcher": (["cluster.launcher=pbs"], ["cluster.launcher must be one of", "'pbs'"]),
+    "time limit not a number": (["cluster=local_slurm", "cluster.time_min=abc"],
+                                ["cluster.time_min must be an integer >= 1", "'abc'"]),
+    "time limit null": (["cluster=local_slurm", "cluster.time_min=null"],
+                        ["cluster.time_min must be an integer >= 1", "None"]),
+    "time limit zero": (["cluster=local_slurm", "cluster.time_min=0"],
+                        ["cluster.time_min must be an integer >= 1", "got 0"]),
+    "time limit negative": (["cluster=local_slurm", "cluster.time_min=-5"],
+                            ["cluster.time_min", "got -5"]),
+    "time limit fractional": (["cluster=local_slurm", "cluster.time_min=1.9"],
+                              ["cluster.time_min must be an integer", "1.9"]),
+    "pending timeout negative": (["cluster=local_slurm", "cluster.pending_timeout_min=-1"],
+                                 ["cluster.pending_timeout_min must be a number > 0", "-1"]),
+    "setup not a list": (["cluster=local_slurm", "cluster.setup=5"],
+                         ["cluster.setup must be a list of strings", "got 5"]),
+    "env not a mapping": (["cluster=local_slurm", "cluster.env=5"],
+                          ["cluster.env must be a mapping", "got 5"]),
+    "srun args not a list": (["cluster=local_slurm", "cluster.srun_args=5"],
+                             ["cluster.srun_args must be a list of strings", "got 5"]),
+    "exclusive not a boolean": (["cluster=local_slurm", "cluster.exclusive=often"],
+                                ["cluster.exclusive must be true or false", "'often'"]),
+    "gpus negative": (["cluster=local_slurm", "cluster.gpus_per_node=-1"],
+                      ["cluster.gpus_per_node must be an integer >= 0", "got -1"]),
+    "unknown cluster key": (["cluster=local_slurm", "+cluster.nodez=2"],
+                            ["unknown key 'nodez'", "cluster.launcher=slurm"]),
+    "relative image file": (["cluster=local_slurm", "cluster.container_image=img.sqsh",
+                             "cluster.container_mounts=[/tmp:/tmp]"],
+                            ["cluster.container_image=img.sqsh is a relative path",
+                             "registry image name"]),
+    "run dir outside the container's mounts": (
+        ["cluster=local_slurm", "cluster.container_image=/images/mimo.sqsh",
+         "cluster.container_mounts=[/shared/runs:/shared/runs]"],
+        ["is not under any cluster.container_mounts entry", "same path"]),
+    "run dir mounted elsewhere in the container": (
+        ["cluster=local_slurm", "cluster.container_image=/images/mimo.sqsh",
+         "cluster.container_mounts=[/tmp:/data]"],
+        ["is not under any cluster.container_mounts entry"]),
     "unknown option": (["--frobnicate"], ["--frobnicate"]),
 }
 
@@ -82,3 +129,16 @@ def test_bad_input_exits_2_with_one_line(name, tmp_path):
         assert fragment in lines[0], lines[0]
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert not run_dir.exists()
+
+
+def test_boolean_words_are_read_strictly():
+    """`dry_run=no` (a string to Hydra) once counted as true: every boolean word means what it
+    says, in any case."""
+    from mimo_launch.app_config import load_settings
+
+    for word, value in [("no", False), ("No", False), ("0", False), ("false", False),
+                        ("yes", True), ("TRUE", True), ("1", True)]:
+        settings = load_settings([f"dry_run={word}", f"wait={word}",
+                                  f"cluster=local_slurm", f"cluster.exclusive={word}"])
+        assert (settings.config.dry_run, settings.config.wait) == (value, value), word
+        assert settings.cluster.exclusive is value, word

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from mimo_launch.group_kinds import ALL_GROUPS, GRID_GROUPS
+from mimo_launch.layout_oracle import SPEC_GRID_KINDS as GRID_GROUPS
+from mimo_launch.layout_oracle import SPEC_KINDS as ALL_GROUPS
 from mimo_launch.layout_oracle import expected_layout
 
 from conftest import layout

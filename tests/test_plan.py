@@ -1,6 +1,8 @@
 """`mimo-launch mode=plan`: every preset and a 16,384-rank layout, planned without starting a
 rank; bounded output; a rank's groups; bad plan input."""
 
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -9,8 +11,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, layout, run_cli
 from mimo_launch.app_config import layout_from
-from mimo_launch.layout_oracle import expected_layout
-from mimo_launch.plan import format_members, format_plan, make_plan
+from mimo_launch.plan import MAX_PLAN_RANKS, format_members, format_plan, make_plan
 from mimo_launch.rank_text import format_rank_set
 
 PRESETS = sorted(p.stem for p in (REPO / "conf" / "mimo").glob("*.yaml"))
@@ -107,15 +108,23 @@ def test_abbreviations():
 
 @pytest.mark.timeout(60)
 def test_plan_groups_agree_with_the_oracle():
+    """vlm_16 by hand: vision TP2 ETP2 DP2 on 0-7 (rank = tp + 2*ep + 4*dp), language TP1 CP2
+    PP4 on 8-15 (rank = 8 + cp + 2*pp); (number of groups, size) per kind."""
     cfg = layout(vision=dict(tp=2, etp=2, dp=2), language=dict(cp=2, pp=4, dp=1, rank_offset=8))
     plan = make_plan(cfg, 16)
-    oracle = expected_layout(cfg, 16)
-    for name, mod in plan.modules.items():
-        for kind, (n, size) in mod.groups.items():
-            assert oracle.modules[name].groups[kind].shape == (n, size)
-        pp = oracle.modules[name].groups["pp"]
-        assert mod.first_stage.tolist() == sorted(pp[:, 0].tolist())
-        assert mod.last_stage.tolist() == sorted(pp[:, -1].tolist())
+    want = {
+        "vision": {"tp": (4, 2), "cp": (8, 1), "ep": (4, 2), "pp": (8, 1), "dp": (4, 2),
+                   "dp+cp": (4, 2), "tp+pp": (4, 2), "tp+ep+pp": (2, 4), "dp+ep": (2, 4),
+                   "tp+cp+ep+pp+dp": (1, 8), "pos_embd": (8, 1), "embd": (8, 1)},
+        "language": {"tp": (8, 1), "cp": (4, 2), "ep": (8, 1), "pp": (2, 4), "dp": (8, 1),
+                     "dp+cp": (4, 2), "tp+pp": (2, 4), "tp+ep+pp": (2, 4), "dp+ep": (8, 1),
+                     "tp+cp+ep+pp+dp": (1, 8), "pos_embd": (2, 1), "embd": (2, 2)},
+    }
+    assert {name: dict(mod.groups) for name, mod in plan.modules.items()} == want
+    assert plan.modules["vision"].first_stage.tolist() == list(range(8))
+    assert plan.modules["vision"].last_stage.tolist() == list(range(8))
+    assert plan.modules["language"].first_stage.tolist() == [8, 9]
+    assert plan.modules["language"].last_stage.tolist() == [14, 15]
 
 
 @pytest.mark.timeout(60)
@@ -132,3 +141,36 @@ def test_bad_plan_input_exits_2_with_one_line_and_no_run_dir(override, fragment,
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], proc.stderr
     assert proc.stdout == "" and not out.exists()
+
+
+_MEMORY_CAP = """
+import resource, sys
+cap = 1 << 30  # 1 GiB of address space: the oracle for 10^9 ranks would need tens of GiB
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+from mimo_launch.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_billion_rank_plan_is_refused_in_one_line_under_a_memory_cap(tmp_path):
+    """Its cost does not grow with W: no GiB arrays, no MemoryError, one line, exit 2."""
+    out = tmp_path / "plan"
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_CAP, "mode=plan", "mimo=single_8",
+                           "mimo.modules.language.dp=null", "mimo.world_size=1000000000",
+                           f"hydra.run.dir={out}"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=50)
+    assert time.monotonic() - start < 20
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == ("mimo-launch: error: mode=plan lays out at most 1,048,576 ranks "
+                           "(every group is held in memory); the world size 1,000,000,000 is "
+                           "larger\n")
+    assert proc.stdout == "" and not out.exists()
+
+
+def test_the_largest_plan_is_laid_out_and_one_rank_more_is_refused():
+    plan = make_plan(layout(language=dict(tp=2, pp=2)), MAX_PLAN_RANKS)
+    assert plan.modules["language"].shape["dp"] == MAX_PLAN_RANKS // 4
+    with pytest.raises(ValueError, match="at most 1,048,576 ranks"):
+        make_plan(layout(language=dict(tp=2, pp=2)), MAX_PLAN_RANKS + 4)

@@ -1,0 +1,166 @@
+"""What a per-rank entry point does once it knows its place: shared by `slurm_task` (Slurm's
+variables) and `torchrun_task` (torchrun's).
+
+`task_settings` composes the config from the overrides and checks that the world the launcher
+started is the layout's (exit 2, rank 0 prints the one line); `run_rank_task` runs the rank with
+a per-rank status file and a SIGTERM guard and returns the task's exit code; rank 0 prints the
+verdict. Exit codes: rank 0 the report's (0 pass, 1 mismatch), other ranks 0 once they are done;
+2 bad input; 3 on a failure, every rank.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 3
+
+
+def gpu_index(local_rank: int) -> int:
+    """The GPU of this task: its local rank, or that modulo the GPUs this task sees (Slurm may
+    show each task one GPU only)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    return local_rank if local_rank < count else local_rank % max(count, 1)
+
+
+def task_device(requested: str) -> str:
+    """'auto' -> cuda where this node shows a GPU, else cpu; 'cpu'/'cuda' as given;
+    ValueError for anything else."""
+    if requested in ("cpu", "cuda"):
+        return requested
+    if requested != "auto":
+        raise ValueError(f"device must be one of auto, cpu, cuda, got {requested!r}")
+    from .app_config import gpu_count
+
+    return "cuda" if gpu_count() else "cpu"
+
+
+def task_settings(prog: str, is_rank0: bool, overrides: list[str], tasks, started: str):
+    """(settings, device) for this task, or EXIT_USAGE after rank 0 printed one line: the
+    overrides do not compose or validate, or the `tasks` the launcher started (`started` says
+    which variable told) are not the layout's world size."""
+    from .app_config import UsageError, load_settings
+    from .mimo_config import MimoConfigError
+
+    def usage(message: str) -> int:
+        if is_rank0:
+            print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+
+    try:
+        settings = load_settings(overrides)
+        device = task_device(settings.device)
+    except (UsageError, MimoConfigError, ValueError) as exc:
+        return usage(str(exc))
+    if str(settings.world_size) != str(tasks):
+        return usage(f"{started} but the layout's world size is {settings.world_size}")
+    return settings, device
+
+
+class StopOnSigterm:
+    """End the task with EXIT_FAILURE on SIGTERM (scancel; srun or torchrun stopping the others
+    after one failed), even while the main thread sits in C++.
+
+    The signal's number arrives on a wakeup fd read by a thread; on rank 0 that thread first
+    diagnoses the run through its own store client (`connect`) and writes report.json unless a
+    report is already there (other than one still waiting for the entry point to finish).
+    `source` names who stops the task ('Slurm', 'torchrun') in the log and the report.
+    """
+
+    def __init__(self, job, rank: int, status, source: str):
+        self.job, self.rank, self.status, self.source, self.probe = job, rank, status, source, None
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.signal(signal.SIGTERM, lambda *_: None)  # a Python handler: feeds the wakeup fd
+        signal.set_wakeup_fd(write_fd)
+        threading.Thread(target=self._watch, args=(read_fd,), daemon=True,
+                         name="mimo-sigterm").start()
+
+    def connect(self, master_addr: str, master_port: int) -> None:
+        """Rank 0: a second client of the run's store, usable while the main one is blocked."""
+        if self.rank != 0:
+            return
+        import torch.distributed as dist
+
+        self.probe = dist.TCPStore(master_addr, master_port, self.job.world_size,
+                                   is_master=False, timeout=timedelta(seconds=10))
+
+    def _watch(self, fd: int) -> None:
+        while signal.SIGTERM not in os.read(fd, 64):
+            pass
+        try:
+            print(f"rank {self.rank}: SIGTERM from {self.source}, stopping", flush=True)
+            self.status.end("terminated")
+            if self.probe is not None:
+                self._report()
+        except BaseException:  # noqa: BLE001 - the diagnosis is best effort; exit anyway
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_FAILURE)
+
+    def _report(self) -> None:
+        from .diagnosis import diagnose
+        from .report import Report, module_summary, read_report, record_failure, write_report
+
+        run_dir = Path(self.job.run_dir)
+        report = read_report(run_dir)
+        if report is not None and not report.awaiting_entrypoint:
+            return
+        found = diagnose(self.probe, self.job.world_size, [],
+                         f"{self.source} stopped the ranks: a task ended early or the job was "
+                         f"cancelled")
+        report = report or Report(
+            passed=False, world_size=self.job.world_size, backend=self.job.backend,
+            modules=module_summary(self.job.layout.validate(self.job.world_size)),
+            entrypoint=self.job.entrypoint)
+        write_report(run_dir, record_failure(report, found.message, found.phase, found.ranks))
+
+
+def run_rank_task(job, rank: int, local_rank: int, source: str, rendezvous,
+                  master: tuple[str, int]) -> int:
+    """Run `job` (a RankJob) as `rank`: a status file (`rank_status`), the SIGTERM guard,
+    `rendezvous()` -> the run's store, then `rank_runner.run_rank` on GPU `gpu_index(local_rank)`
+    with nccl. Returns run_rank's code; raises on failure, like run_rank."""
+    from .rank_runner import node_name, run_rank
+    from .rank_status import ENDINGS, RankStatus
+
+    status = RankStatus(Path(job.run_dir), rank, node_name())
+    stopper = StopOnSigterm(job, rank, status, source)
+    try:
+        store = rendezvous()
+        stopper.connect(*master)
+        local = gpu_index(local_rank) if job.device == "cuda" else local_rank
+        code = run_rank(job, rank, store, local_rank=local, on_phase=status.enter)
+    except BaseException:
+        status.end("failed")
+        raise
+    status.end(ENDINGS.get(code, "failed"))
+    return code
+
+
+def finish_task(rank: int, settings, run) -> int:
+    """Call `run()` (the rank's work, returning its code); a failure is printed and is exit 3.
+    Rank 0 then prints the verdict and the report's path. Returns the task's exit code."""
+    from .report import format_summary, read_report
+
+    try:
+        code = run()
+    except Exception:  # noqa: BLE001 - every failure is in this task's log, exit 3
+        traceback.print_exc()
+        code = EXIT_FAILURE
+    if rank == 0:
+        report = read_report(settings.run_dir)
+        if report is not None:
+            print(format_summary(report))
+        print(f"report: {settings.run_dir / 'report.json'}", flush=True)
+    return code if rank == 0 or code == EXIT_FAILURE else 0

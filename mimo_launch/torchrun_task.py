@@ -1,0 +1,112 @@
+"""One torchrun worker is one rank: `torchrun ... -m mimo_launch.torchrun_task [OVERRIDE ...]`.
+
+For clusters without Slurm (Kubernetes' PyTorchJob, `srun torchrun`, plain `torchrun` on each
+node): torchrun starts the processes and sets its documented variables (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_RUN_ID). Every worker composes the config like
+`mimo-launch` with `cluster=torchrun` (same overrides), checks that WORLD_SIZE is the layout's
+world size (exit 2, rank 0 says why), joins the rendezvous through torch's public `env://`
+handler (`torch.distributed.rendezvous`: under a c10d rendezvous it connects to the agent's
+store, else rank 0 hosts one on MASTER_ADDR:MASTER_PORT), then runs the same per-rank code as
+the other launchers (`rank_runner.run_rank`). Rank 0 writes report.json and prints the verdict.
+
+`hydra.run.dir` must be the same on every node; the default is `outputs/torchrun-<run id>`
+(torchrun's `--rdzv-id`). Exit codes: rank 0 the report's (0 pass, 1 mismatch), other ranks 0
+once done; 2 bad input; 3 a failure, on every rank. When torchrun stops the workers (SIGTERM,
+after one of them failed) rank 0 first writes its diagnosis to report.json, as on Slurm.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+from .task_entry import EXIT_USAGE
+
+PROG = "mimo_launch.torchrun_task"
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class TorchrunRank:
+    """Where this worker sits in the world, from torchrun's variables."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    run_id: str
+
+
+def torchrun_rank(env=None) -> TorchrunRank:
+    """This worker's place; RuntimeError (one line) when torchrun's variables are missing or
+    not numbers."""
+    env = os.environ if env is None else env
+    missing = [k for k in TORCHRUN_VARS if k not in env]
+    if missing:
+        raise RuntimeError(f"not a torchrun worker ({', '.join(missing)} not set): start it with "
+                           f"torchrun ... -m mimo_launch.torchrun_task, or use mimo-launch")
+    try:
+        return TorchrunRank(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
+                            local_rank=int(env["LOCAL_RANK"]), master_addr=env["MASTER_ADDR"],
+                            master_port=int(env["MASTER_PORT"]),
+                            run_id=env.get("TORCHELASTIC_RUN_ID") or "none")
+    except ValueError as exc:
+        raise RuntimeError(f"torchrun's variables are not numbers: {exc}") from None
+
+
+def rendezvous_store(timeout_s: float):
+    """The world's store from torch's public env:// handler (reads RANK, WORLD_SIZE,
+    MASTER_ADDR, MASTER_PORT); torchrun's agent store where torchrun provides one."""
+    import torch.distributed as dist
+
+    store, _, _ = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
+    return store
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The torchrun entry point (see the module docstring); returns the worker's exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        me = torchrun_rank()
+    except RuntimeError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not any(a.startswith("cluster=") for a in args):
+        args.insert(0, "cluster=torchrun")
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        args.append(f"hydra.run.dir=outputs/torchrun-{me.run_id}")
+    from .launch import rank_job
+    from .task_entry import finish_task, run_rank_task, task_settings
+
+    found = task_settings(PROG, me.rank == 0, args, me.world_size,
+                          f"torchrun started {me.world_size} workers (WORLD_SIZE: nnodes x "
+                          f"nproc-per-node)")
+    if isinstance(found, int):
+        return found
+    settings, device = found
+    if settings.cluster.get("launcher") != "torchrun":
+        if me.rank == 0:
+            print(f"{PROG}: error: cluster={settings.cluster.get('name')} is not a torchrun "
+                  f"cluster (use cluster=torchrun, or one with launcher: torchrun)",
+                  file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    job = replace(rank_job(settings), device=device)
+
+    def run() -> int:
+        return run_rank_task(job, me.rank, me.local_rank, "torchrun",
+                             lambda: rendezvous_store(job.timeout_s),
+                             (me.master_addr, me.master_port))
+
+    code = finish_task(me.rank, settings, run)
+    if me.rank == 0:
+        from .artifacts import artifacts_after
+
+        artifacts_after(settings)  # report.md and the rank map, as mimo-launch writes them
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

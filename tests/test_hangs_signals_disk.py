@@ -1,0 +1,161 @@
+"""The launcher under stress: a rank that hangs after a phase's barrier or in teardown, SIGTERM
+and SIGHUP, an interrupt just after the verdict, a read-only or full disk. Real processes, real
+signals, real file systems (tmpfs mounts: root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MIMO_LAUNCH, require_root, run_cli
+from test_faults import _start_hanging_run, _wait_gone, since_the_fault
+
+TIMEOUT_S = 3
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("phase,rank", [("verify", 5), ("grids", 7), ("embedding", 4)])
+def test_a_rank_that_hangs_after_the_barrier_is_the_one_named(phase, rank, tmp_path):
+    """It stops inside the phase's collectives or group creation (rank 7 in grids: in
+    new_group); the others time out there. The silent rank is blamed, not its peers."""
+    run_dir = tmp_path / "run"
+    proc = run_cli(f"fault.hang_rank={rank}", f"fault.phase={phase}", "fault.where=after_barrier",
+                   f"timeout_s={TIMEOUT_S}", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=50)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert since_the_fault(run_dir, rank) < TIMEOUT_S + 6
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["failed_phase"] == phase and report["failed_ranks"] == [rank], report
+    assert f"rank(s) {rank} did not finish" in report["failure"]
+    assert _wait_gone(run_dir) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_rank_that_hangs_in_teardown_is_named_within_the_timeout_and_the_verdict_kept(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("fault.hang_rank=6", "fault.phase=teardown", f"timeout_s={TIMEOUT_S}",
+                   f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=50)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    elapsed = since_the_fault(run_dir, 6)
+    assert elapsed < TIMEOUT_S + 6, elapsed  # not the 4 x timeout_s + 30 s backstop
+    assert "mimo-launch verification PASSED, teardown FAILED" in proc.stdout
+    assert "module vision       ranks [0, 4)  TP2 CP1 ETP1 PP1 DP2  checks passed" in proc.stdout
+    report = json.loads((run_dir / "report.json").read_text())
+    assert (report["failed_phase"], report["failed_ranks"], report["mismatches"]) == \
+        ("teardown", [6], [])
+    assert report["failure"].startswith("phase 'teardown': rank(s) 6 did not end within 3s of "
+                                        "entering phase 'teardown'; stopped")
+    assert set(report["timings"]) == {"init", "grids", "embedding", "verification"}
+    assert _wait_gone(run_dir) == []
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_stop_every_rank_and_write_the_report(sig, code, tmp_path):
+    proc, run_dir = _start_hanging_run(tmp_path)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=20)
+    assert time.monotonic() - sent < 10
+    assert proc.returncode == code, out + err
+    assert "Traceback" not in out + err
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["interrupted"] is True and report["interrupted_by"] == sig.name
+    assert f"interrupted ({sig.name})" in report["failure"]
+    assert _wait_gone(run_dir) == []
+
+
+def _start_passing_run(tmp_path: Path, run_dir: Path, delay_s: float) -> subprocess.Popen:
+    """A passing run that waits `delay_s` between its verdict and its report.md / rank map;
+    returns once the verdict is printed."""
+    env = dict(os.environ, CI="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([str(MIMO_LAUNCH), f"hydra.run.dir={run_dir}",
+                             f"fault.artifacts_delay_s={delay_s}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("report: "):
+            return proc
+    proc.kill()
+    pytest.fail("the run printed no verdict: " + "".join(seen) + proc.stderr.read())
+
+
+def _no_artifacts(run_dir: Path) -> list[str]:
+    """Everything in the run directory but the logs and report.json: nothing may be left."""
+    return sorted(p.name for p in run_dir.iterdir() if p.name not in ("logs", "report.json",
+                                                                     ".mimo-launch-run"))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_after_the_verdict_keeps_the_verdict(sig, tmp_path):
+    """The rule: once the verdict is printed it stands (exit 0, report.json passed); the
+    interrupt only stops report.md and the rank map, and says so in one line."""
+    run_dir = tmp_path / "run"
+    proc = _start_passing_run(tmp_path, run_dir, delay_s=30)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out + err
+    assert "Traceback" not in out + err
+    name = "Ctrl-C" if sig == signal.SIGINT else sig.name
+    assert err == (f"mimo-launch: interrupted ({name}) after the verdict: report.md and the rank "
+                   f"map were not written; the verdict above and report.json stand\n")
+    assert json.loads((run_dir / "report.json").read_text())["passed"] is True
+    assert _no_artifacts(run_dir) == []
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a tmpfs at tmp_path/disk with the given options; unmounted at the end."""
+    require_root("mounting a tmpfs")
+    where = tmp_path / "disk"
+    where.mkdir()
+    mounted = []
+
+    def mount(options: str) -> Path:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
+        mounted.append(where)
+        return where
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.timeout(60)
+def test_a_read_only_run_directory_is_refused_in_one_line(tmpfs, tmp_path):
+    disk = tmpfs("ro,size=1m")
+    proc = run_cli(f"hydra.run.dir={disk / 'run'}", cwd=tmp_path, timeout=50)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == (f"mimo-launch: error: run directory {disk / 'run'} cannot be used: "
+                           f"the file system is read-only\n")
+    assert proc.stdout == ""
+
+
+@pytest.mark.timeout(120)
+def test_a_disk_that_fills_after_the_verdict_leaves_the_verdict_and_no_half_file(tmpfs, tmp_path):
+    """ENOSPC for real: the run's tmpfs is filled between the verdict and report.md / the
+    rank map. Exit 0 (the verdict), one warning per file, no traceback, no partial file."""
+    disk = tmpfs("size=2m")
+    run_dir = disk / "run"
+    proc = _start_passing_run(tmp_path, run_dir, delay_s=3)
+    with open(disk / "filler", "wb") as filler:  # fill every block left
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        except OSError:
+            pass
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert "Traceback" not in out + err
+    assert "mimo-launch: warning: report.md not written: No space left on device" in err
+    assert "mimo-launch: warning: no rank map (OSError: [Errno 28] No space left on device" in err
+    assert json.loads((run_dir / "report.json").read_text())["passed"] is True
+    assert _no_artifacts(run_dir) == []

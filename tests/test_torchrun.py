@@ -1,0 +1,108 @@
+"""Ranks started by real `torchrun` agents (`python -m mimo_launch.torchrun_task`).
+
+Two agents on this machine stand for two nodes (`--nnodes=2 --nproc-per-node=4`, a c10d
+rendezvous), as on a cluster without Slurm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import run_cli
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_agents(tmp_path: Path, *overrides: str, nnodes: int = 2, nproc: int = 4,
+                    timeout: float = 180) -> list[subprocess.CompletedProcess]:
+    """Start `nnodes` torchrun agents of `nproc` workers each (one c10d rendezvous) running
+    mimo_launch.torchrun_task with `overrides`; wait for all; return each agent's result."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    cmd = [str(TORCHRUN), f"--nnodes={nnodes}", f"--nproc-per-node={nproc}",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=mimo-test",
+           "--max-restarts=0", "-m", "mimo_launch.torchrun_task", *overrides]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    agents = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True) for _ in range(nnodes)]
+    results = []
+    for agent in agents:
+        try:
+            out, _ = agent.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for a in agents:
+                a.kill()
+            raise
+        results.append(subprocess.CompletedProcess(cmd, agent.returncode, out, ""))
+    return results
+
+
+def test_two_agents_pass_the_default_layout(tmp_path):
+    out = tmp_path / "run"
+    agents = torchrun_agents(tmp_path, f"hydra.run.dir={out}")
+    logs = "\n".join(a.stdout for a in agents)
+    assert [a.returncode for a in agents] == [0, 0], logs[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is True and report["world_size"] == 8
+    assert report["backend"] == "gloo" and report["mismatches"] == []
+    assert list(report["modules"]) == ["vision", "language"]
+    assert "verification PASSED" in logs
+    assert (out / "report.md").is_file()
+
+
+def test_a_killed_worker_is_named_and_every_worker_exits_3(tmp_path):
+    out = tmp_path / "run"
+    agents = torchrun_agents(tmp_path, f"hydra.run.dir={out}", "fault.kill_rank=5",
+                             "fault.phase=grids", "timeout_s=10")
+    logs = "\n".join(a.stdout for a in agents)
+    assert all(a.returncode != 0 for a in agents), logs[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is False
+    assert report["failed_ranks"] == [5] and report["failed_phase"] == "grids", report
+    assert "exitcode  : 3" in logs  # torchrun's summary: the workers' own failure code
+    assert "rank      : 5" in logs and "(SIGKILL)" in logs
+
+
+def test_a_world_of_the_wrong_size_is_refused_with_exit_2(tmp_path):
+    agents = torchrun_agents(tmp_path, f"hydra.run.dir={tmp_path / 'run'}", nnodes=1, nproc=2)
+    log = agents[0].stdout
+    assert agents[0].returncode != 0
+    assert ("mimo_launch.torchrun_task: error: torchrun started 2 workers (WORLD_SIZE: nnodes x "
+            "nproc-per-node) but the layout's world size is 8") in log
+    assert log.count("mimo_launch.torchrun_task: error:") == 1  # rank 0 says it, once
+    assert "exitcode  : 2" in log
+    # torchrun prints its own ChildFailedError traceback; none comes from a worker
+    assert not [ln for ln in log.splitlines() if 'File "' in ln and "mimo_launch" in ln]
+    assert not (tmp_path / "run" / "report.json").exists()
+
+
+def test_outside_torchrun_the_entry_point_says_how_to_start_it(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-m", "mimo_launch.torchrun_task"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "mimo_launch.torchrun_task: error: not a torchrun worker (RANK, WORLD_SIZE, LOCAL_RANK, "
+        "MASTER_ADDR, MASTER_PORT not set): start it with torchrun ... -m "
+        "mimo_launch.torchrun_task, or use mimo-launch")
+
+
+def test_mimo_launch_with_the_torchrun_cluster_says_to_use_torchrun(tmp_path):
+    proc = run_cli("cluster=torchrun", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("mimo-launch: error: cluster=torchrun: torchrun starts the "
+                                  "ranks; run `torchrun")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing claimed, nothing started
+
