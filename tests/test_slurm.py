@@ -308,3 +308,15 @@ def test_dry_run_prints_the_sbatch_script_and_submits_nothing(slurm_cluster, clu
         assert line in proc.stdout, proc.stdout
     assert "--kill-on-bad-exit=1" in proc.stdout
     assert _last_job_id() == before and not run_dir.exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(200)
+def test_health_stage_runs_through_slurm_and_names_the_slow_rank(slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _cli("cluster=local_slurm", "check=health", "health.sizes=[256KiB]",
+                "fault.slow_rank=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    health = json.loads((run_dir / "report.json").read_text())["health"]
+    assert 5 in health["suspects"]["ranks"], health["suspects"]
+    assert health["headline"] in proc.stdout
