@@ -28,7 +28,8 @@ class HealthSettings:
     `sizes`: message sizes in bytes (nccl-tests' "size": the whole buffer of an all-reduce, the
     gathered output of an all-gather, the input of a reduce-scatter, one message of a
     send/recv); None picks CPU_SIZES (gloo) or GPU_SIZES (nccl) on the rank.
-    `warmup`, `iters`: untimed and timed iterations per group, op and size.
+    `warmup`, `iters`: untimed and timed iterations per group, op and size (at least one
+    warm-up runs even with `warmup=0`: its time sizes the budget).
     `budget_s`: seconds per group kind (all its ops and sizes); fewer timed iterations are run
     where `iters` would exceed it (at least one). `bound_s` is the stage's bound in total.
     `threshold`: a group whose busbw is below `threshold` x its kind's median is a suspect.
