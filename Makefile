@@ -51,9 +51,13 @@ system-deps:
 
 # Everything: unit, multi-process, the local Slurm cluster and the container build on Python
 # 3.11 / megatron-core 0.16.1; then all but the container test on Python 3.12 / 0.19.x.
-test: $(STAMP) $(STAMP312) system-deps
+test: $(STAMP) $(STAMP312) system-deps lint
 	$(BIN)/python -m pytest -v -rs $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-py312
+
+# ruff (rules in pyproject.toml); the first step of `make test`.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # The Python 3.12 / newest megatron-core leg alone.
 test-py312: $(STAMP312)

@@ -24,8 +24,7 @@ from mimo_launch.layout_oracle import expected_layout
 from mimo_launch.mimo_builder import HyperCommGrid, build_mimo_groups
 from mimo_launch.verify import verify
 
-from .common import (counting_new_groups, destroy_groups, in_world, layout, median,
-                     timed_collective)
+from .common import counting_new_groups, destroy_groups, in_world, layout, median, timed_collective
 
 
 def single_module(world_size: int) -> dict:

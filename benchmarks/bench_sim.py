@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import torch.distributed as dist
+from torch.testing._internal.distributed.fake_pg import FakeStore  # noqa: E402  (registers "fake")
 
 from mimo_launch import compat
 from mimo_launch.group_factory import GroupFactory
@@ -26,8 +27,6 @@ from mimo_launch.layout_oracle import expected_layout
 from mimo_launch.mimo_builder import MimoGroups, ModuleGroups, _build_grids, _embedding_groups
 
 from .common import layout, median, vm_hwm_kib
-
-from torch.testing._internal.distributed.fake_pg import FakeStore  # noqa: E402  (registers "fake")
 
 
 def sim_layout(world_size: int):

@@ -8,10 +8,10 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -109,4 +109,5 @@ def machine() -> str:
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
     return (f"{platform.node()}: {os.cpu_count()} CPUs ({cpu}), {mem_gib:.0f} GiB RAM, "
             f"Linux {platform.release()}, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, megatron-core {version('megatron-core')}, load avg at start {os.getloadavg()[0]:.2f}")
+            f"torch {torch.__version__}, megatron-core {version('megatron-core')}, "
+            f"load avg at start {os.getloadavg()[0]:.2f}")

@@ -17,8 +17,8 @@ import io  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
 import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 warnings.filterwarnings("ignore")
 import torch  # noqa: E402,F401

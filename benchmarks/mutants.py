@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((mutant.__name__, (mutant.__doc__ or "").split("\n")[0],
                          ", ".join(by) or "NOT CAUGHT"))
             print(f"  {mutant.__name__}: {rows[-1][2]}", file=sys.stderr, flush=True)
-    print(f"| mutant | bug | caught by preset (exit code) |\n|---|---|---|")
+    print("| mutant | bug | caught by preset (exit code) |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     failing_clean = {n: c for n, c in clean.items() if c != 0}

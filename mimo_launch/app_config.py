@@ -15,9 +15,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config_schema import SchemaError, check_cluster, strict_bool
-from .mimo_config import SHORT_KEYS, MimoConfigError, MimoParallelismConfig, short_layout
 from .health_config import KNOWN_KEYS as HEALTH_KEYS
 from .health_config import HealthSettings, health_settings
+from .mimo_config import SHORT_KEYS, MimoConfigError, MimoParallelismConfig, short_layout
 from .phases import ENTRYPOINT_PHASE, HEALTH_PHASE, FaultSpec
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -116,7 +116,7 @@ class LaunchSettings:
     config: DictConfig  # the whole composed config, for launchers that need more
     expected: MimoParallelismConfig | None = None  # verify against this layout instead
     fault: FaultSpec = field(default_factory=FaultSpec)
-    plan: "PlanOptions" = field(default_factory=lambda: PlanOptions())  # mode=plan only
+    plan: PlanOptions = field(default_factory=lambda: PlanOptions())  # mode=plan only
     entrypoint: str | None = None  # 'pkg.module:function' after a passing verification
     entrypoint_dir: str | None = None  # where it is imported from (the working directory)
     entrypoint_timeout_s: float = 600.0

@@ -4,7 +4,8 @@ traceback later.
 
 `cluster` is checked against `SlurmCluster`, `LocalCluster` or `TorchrunCluster` by its
 `launcher`; a field's `metadata["min"]` is its least value, `metadata["above"]` a bound it must
-exceed. Booleans are strict: true/false, yes/no, 1/0 (any case); anything else is refused (OmegaConf alone takes any integer, and Hydra passes `no` as a string).
+exceed. Booleans are strict: true/false, yes/no, 1/0 (any case); anything else is refused
+(OmegaConf alone takes any integer, and Hydra passes `no` as a string).
 A list field also takes one string (one setup line, one mount).
 """
 

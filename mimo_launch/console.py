@@ -17,8 +17,15 @@ import time
 from .health import read_progress
 from .health_report import health_lines
 from .phases import PHASES, arrivals
-from .report import (CHECKS, Report, detail_lines, format_summary, module_checks, shape_text,
-                     verdict_line)
+from .report import (
+    CHECKS,
+    Report,
+    detail_lines,
+    format_summary,
+    module_checks,
+    shape_text,
+    verdict_line,
+)
 
 _PHASE_LABELS = {"init": "init (rendezvous)", "grids": "grids", "embedding": "embedding groups",
                  "verify": "verification"}
@@ -44,15 +51,20 @@ class PhaseProgress:
         self._tasks: dict[str, int] = {}
         self.health_step: str | None = None
 
-    def __enter__(self) -> "PhaseProgress":
+    def __enter__(self) -> PhaseProgress:
         return self
 
     def _start(self) -> None:
         """Start the rich display at the first tick: after the ranks are forked, so that they
         inherit neither its redirected stdout nor any thread."""
         if self.rich and self._progress is None:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._progress = Progress(TextColumn("{task.description:<20}"), BarColumn(),
                                       MofNCompleteColumn(), TextColumn("ranks"),

@@ -15,9 +15,9 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .mimo_config import MimoParallelismConfig
 from .pg_collections import MimoProcessGroups
@@ -77,8 +77,8 @@ def run_entrypoint(spec: str, function: Callable, context: EntrypointContext,
 
     Collective in the phase sense: the phase starts with the tracker's barrier; rank 0 then
     waits until every rank has returned, at most 2 x `timeout_s`: a rank that hangs is ended
-    by its own watchdog first, so the report names it by its own error. Raises EntrypointError when the
-    function raises or returns anything but None or 0. When it has not returned within
+    by its own watchdog first, so the report names it by its own error. Raises EntrypointError
+    when the function raises or returns anything but None or 0. When it has not returned within
     `timeout_s`, `on_timeout(error)` records the error and this process ends at once with
     exit code 3 (a thread does it: the function may sit in C++ code).
     """

@@ -8,8 +8,8 @@ into a gloo world, runs `body(rank)` in each and returns the JSON-able values in
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist

@@ -19,9 +19,9 @@ vectorised with numpy; every rank's state evolves identically.
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch.distributed as dist

@@ -65,9 +65,8 @@ def launch(settings: LaunchSettings) -> int:
           f"output in {settings.run_dir}", flush=True)
     from .artifacts import finish_run
     from .console import PhaseProgress
-    from .rankmap import warm_up
-
     from .interrupts import held
+    from .rankmap import warm_up
 
     with PhaseProgress(settings.world_size, on_first_tick=warm_up) as progress:
         report = launch_local(rank_job(settings), on_tick=progress)

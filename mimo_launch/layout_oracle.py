@@ -64,7 +64,8 @@ def _module_grid(mod: ModuleParallelismConfig) -> np.ndarray:
     shape = (mod.data_parallel_size, mod.pipeline_model_parallel_size,
              mod.expert_tensor_parallel_size, mod.context_parallel_size,
              mod.tensor_model_parallel_size)
-    return np.arange(mod.rank_offset, mod.rank_offset + mod.total_ranks, dtype=np.int64).reshape(shape)
+    ranks = np.arange(mod.rank_offset, mod.rank_offset + mod.total_ranks, dtype=np.int64)
+    return ranks.reshape(shape)
 
 
 def grid_groups(grid: np.ndarray, kind: str) -> np.ndarray:
@@ -96,9 +97,10 @@ def layout_module(name: str, mod: ModuleParallelismConfig, world_size: int) -> M
     stage = np.broadcast_to(np.arange(pp.shape[1]), pp.shape)
     first_stage[pp.ravel()] = (stage == 0).ravel()
     last_stage[pp.ravel()] = (stage == pp.shape[1] - 1).ravel()
-    shape = dict(zip(("tp", "cp", "ep", "pp", "dp"), (mod.tensor_model_parallel_size, mod.context_parallel_size,
-                                 mod.expert_tensor_parallel_size,
-                                 mod.pipeline_model_parallel_size, mod.data_parallel_size)))
+    shape = dict(zip(("tp", "cp", "ep", "pp", "dp"),
+                     (mod.tensor_model_parallel_size, mod.context_parallel_size,
+                      mod.expert_tensor_parallel_size, mod.pipeline_model_parallel_size,
+                      mod.data_parallel_size)))
     return ModuleLayout(name, mod.rank_offset, mod.total_ranks, shape, groups, index,
                         first_stage, last_stage)
 

@@ -15,18 +15,18 @@ import struct
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
 
 import torch.distributed as dist
 
 from .diagnosis import Diagnosis, RankExit, diagnose, tail
 from .interrupts import describe, held, reset_in_child, signal_of
 from .phases import TEARDOWN_PHASE, arrivals, rank_phase
-from .rank_text import format_rank_set
 from .rank_runner import RankJob, run_rank
+from .rank_text import format_rank_set
 from .report import Report, module_summary, read_report, record_failure, write_report
 
 EXIT_FAILURE = 3
@@ -134,7 +134,7 @@ class LocalRun:
     exits: list[RankExit]
     reason: str | None
     interrupted: str | None  # the signal's name ('SIGTERM') when interrupted
-    store: "dist.TCPStore"
+    store: dist.TCPStore
     hung_in_teardown: list[int] = field(default_factory=list)
 
     @property

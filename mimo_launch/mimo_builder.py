@@ -123,8 +123,9 @@ def _gather_pipeline_ends(pp_group) -> np.ndarray:
 
 def _embedding_groups(pp_group, pairs: np.ndarray, factory: GroupFactory) -> tuple:
     """Given the (first, last) stage of every pipeline of the module (array (n, 2), any order,
-    repeats and rows of -1 for ranks outside the module allowed: an all-gather's result), create the pos_embd and embd groups of every pipeline, in the same order on
-    every rank, and return this rank's `(pos_embd_pg, embd_pg)`. Collective over the world."""
+    repeats and rows of -1 for ranks outside the module allowed: an all-gather's result),
+    create the pos_embd and embd groups of every pipeline, in the same order on every rank,
+    and return this rank's `(pos_embd_pg, embd_pg)`. Collective over the world."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     pairs = pairs[pairs[:, 0] >= 0]
     pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
@@ -136,7 +137,7 @@ def _embedding_groups(pp_group, pairs: np.ndarray, factory: GroupFactory) -> tup
     single = bool(len(pairs)) and bool((first == last).all())
     mixed = not single and bool((first == last).any())
     if mixed:  # pipelines of one and of several stages: rows of different widths
-        embd = factory.new_subgroups([[f] if f == l else [f, l] for f, l in pairs.tolist()])
+        embd = factory.new_subgroups([[a] if a == b else [a, b] for a, b in pairs.tolist()])
     else:
         embd = factory.new_subgroups(first if single else pairs)
     if pp_group is None:

@@ -121,7 +121,7 @@ class MimoParallelismConfig:
         ranges = {(m.rank_offset, m.total_ranks) for m in self.module_parallelisms.values()}
         return len(self.module_parallelisms) > 1 and len(ranges) == 1
 
-    def validate(self, world_size: int) -> "MimoParallelismConfig":
+    def validate(self, world_size: int) -> MimoParallelismConfig:
         """Check every rule for `world_size` ranks; return a copy with every DP resolved."""
         _check_int("world size", "", world_size, minimum=1)
         if not self.module_parallelisms:

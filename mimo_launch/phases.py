@@ -65,7 +65,7 @@ class FaultSpec:
     def active(self) -> bool:
         return self.kill_rank is not None or self.hang_rank is not None
 
-    def validate(self, world_size: int) -> "FaultSpec":
+    def validate(self, world_size: int) -> FaultSpec:
         """Raise ValueError (one line) unless every field fits a world of `world_size` ranks."""
         for kind in _FAULT_KINDS:
             rank = getattr(self, kind)

@@ -1,4 +1,4 @@
-"""Each Slurm task's or torchrun worker's own record of where it is: `<run dir>/status/rank<N>.json`.
+"""Each Slurm task's or torchrun worker's record of where it is: `<run dir>/status/rank<N>.json`.
 
 A task rewrites its file (atomically) when it starts, on entering each phase and when it ends,
 so whoever concludes the job reads every rank's last phase and how it ended from files, even

@@ -159,7 +159,8 @@ def _detailed(plan: Plan, geo: Geometry, top: float, canvas: _Canvas, colours, f
             text = f"r{rank}  {_coords_text(plan, name, rank)}" if len(mine) > 1 and \
                 geo.font < 6 else f"r{rank}\n{_coords_text(plan, name, rank)}"
             if rank in failed:
-                text = f"r{rank} {failed[rank]}\n" + "\n".join(_coords_text(plan, n, rank) for n in mine)
+                coords = "\n".join(_coords_text(plan, n, rank) for n in mine)
+                text = f"r{rank} {failed[rank]}\n{coords}"
             canvas.text(x + w / 2, by + band_h / 2, text, ha="center", va="center",
                         fontsize=geo.font if len(mine) == 1 or rank in failed else geo.font * 0.9,
                         linespacing=1.1)
@@ -265,9 +266,13 @@ def _import_matplotlib() -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    from matplotlib import font_manager  # noqa: F401 - loads the font cache
+    from matplotlib import (  # noqa: F401
+        collections,
+        figure,
+        font_manager,  # noqa: F401 - loads the font cache
+        patches,
+    )
     from matplotlib.backends import backend_agg  # noqa: F401
-    from matplotlib import collections, figure, patches  # noqa: F401
 
 
 def warm_up() -> None:

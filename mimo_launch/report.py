@@ -70,7 +70,7 @@ class Report:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Report":
+    def from_dict(cls, data: dict) -> Report:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 

@@ -137,7 +137,8 @@ def conclude(job, job_id: str, files: JobFiles, followed: Followed) -> Report:
     if blame is not None:
         report = record_failure(report or base, blame.message, blame.phase, blame.ranks)
     elif stopped:
-        who = f"by {followed.interrupted_by}" if followed.interrupted else "from outside (scancel or an administrator)"
+        who = (f"by {followed.interrupted_by}" if followed.interrupted
+               else "from outside (scancel or an administrator)")
         seen = f"; rank 0 saw: {report.failure}" if report is not None and report.failure else ""
         report = record_failure(report or base, f"job {job_id} was cancelled {who} with "
                                 f"{where_ranks_were(statuses, job.world_size)}{seen}",

@@ -7,8 +7,12 @@ of a real gloo world.
 
 import torch
 import torch.distributed as dist
-
-from megatron.bridge.models.mimo.mimo_builder import (build_hypercomm_grids, is_pp_first_stage, is_pp_last_stage, populate_embedding_and_position_groups)
+from megatron.bridge.models.mimo.mimo_builder import (
+    build_hypercomm_grids,
+    is_pp_first_stage,
+    is_pp_last_stage,
+    populate_embedding_and_position_groups,
+)
 from megatron.bridge.models.mimo.mimo_config import MimoParallelismConfig, ModuleParallelismConfig
 
 

@@ -96,9 +96,10 @@ def slurm_cluster():
 def collect_memberships(cfg: MimoParallelismConfig):
     """A rank body: build every module's groups and return their members as the rank sees
     them (straight from dist.get_process_group_ranks), plus its stage flags."""
+    import torch.distributed as dist
+
     from mimo_launch.layout_oracle import SPEC_GRID_KINDS
     from mimo_launch.mimo_builder import build_mimo_groups
-    import torch.distributed as dist
 
     def ranks(group):
         return None if group is None else sorted(dist.get_process_group_ranks(group))

@@ -139,6 +139,6 @@ def test_boolean_words_are_read_strictly():
     for word, value in [("no", False), ("No", False), ("0", False), ("false", False),
                         ("yes", True), ("TRUE", True), ("1", True)]:
         settings = load_settings([f"dry_run={word}", f"wait={word}",
-                                  f"cluster=local_slurm", f"cluster.exclusive={word}"])
+                                  "cluster=local_slurm", f"cluster.exclusive={word}"])
         assert (settings.config.dry_run, settings.config.wait) == (value, value), word
         assert settings.cluster.exclusive is value, word

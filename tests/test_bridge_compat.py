@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from mimo_launch.mimo_config import (MimoConfigError, MimoParallelismConfig,
-                                     ModuleParallelismConfig, as_mimo_config)
-
 from conftest import assert_memberships_match, collect_memberships, layout
+from mimo_launch.mimo_config import (
+    MimoConfigError,
+    MimoParallelismConfig,
+    ModuleParallelismConfig,
+    as_mimo_config,
+)
 
 SCRIPT = Path(__file__).with_name("bridge_style_script.py")
 BRIDGE_IMPORTS = {
@@ -42,9 +45,9 @@ def test_total_world_size_without_dp_and_when_empty():
     assert MimoParallelismConfig({}).total_world_size == 0
     unresolved = layout(language=dict(tp=2))
     with pytest.raises(MimoConfigError, match="data_parallel_size is not resolved"):
-        unresolved.total_world_size
+        _ = unresolved.total_world_size
     with pytest.raises(MimoConfigError, match="not resolved"):
-        unresolved.get_parallelism("language").total_ranks
+        _ = unresolved.get_parallelism("language").total_ranks
     given = layout(vision=dict(tp=2, dp=2), language=dict(pp=2, dp=4, rank_offset=4))
     assert given.total_world_size == 12  # 4 + PP2 x DP4, by hand
     given.finalize(None)  # Bridge's finalize(None): the world the modules cover

@@ -2,10 +2,8 @@
 
 import pytest
 
-from mimo_launch.mimo_config import (MimoConfigError, MimoParallelismConfig,
-                                     ModuleParallelismConfig)
-
 from conftest import layout
+from mimo_launch.mimo_config import MimoConfigError, MimoParallelismConfig, ModuleParallelismConfig
 
 
 def _fails(cfg, world, *fragments):

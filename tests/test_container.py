@@ -111,7 +111,8 @@ def image() -> dict[str, object]:
     )
     _check(proc, "container/build.sh")
 
-    print(f"\ncontainer chain timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+    rounded = {k: round(v, 1) for k, v in timings.items()}
+    print(f"\ncontainer chain timings (s): {json.dumps(rounded)}")
     return {"image": TEST_IMAGE, "base": base, "timings": timings}
 
 
@@ -192,7 +193,8 @@ def test_image_keeps_base_torch_and_has_metadata(image: dict[str, object]) -> No
     # Nothing from the developer's tree that .dockerignore keeps out.
     leak = _podman_run(
         str(image["image"]), "bash", "-c",
-        "find / -xdev \\( -name '.venv*' -o -name .git -o -name tests -path '*mimo_launch*' \\) -print",
+        "find / -xdev \\( -name '.venv*' -o -name .git "
+        "-o -name tests -path '*mimo_launch*' \\) -print",
     )
     _check(leak, "find")
     assert leak.stdout.strip() == "", leak.stdout

@@ -11,10 +11,9 @@ import time
 
 import pytest
 
+from conftest import MIMO_LAUNCH, run_cli
 from mimo_launch.phases import PHASES
 from mimo_launch.report import write_json_atomic
-
-from conftest import MIMO_LAUNCH, run_cli
 
 TIMEOUT_S = 3
 

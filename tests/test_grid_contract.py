@@ -18,13 +18,17 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from conftest import layout
 from mimo_launch import compat
 from mimo_launch.group_kinds import GRID_GROUPS, dims_of
-from mimo_launch.mimo_builder import (HyperCommGrid, build_hypercomm_grids, destroy_grid,
-                                      is_pp_first_stage, is_pp_last_stage,
-                                      populate_embedding_and_position_groups)
-
-from conftest import layout
+from mimo_launch.mimo_builder import (
+    HyperCommGrid,
+    build_hypercomm_grids,
+    destroy_grid,
+    is_pp_first_stage,
+    is_pp_last_stage,
+    populate_embedding_and_position_groups,
+)
 
 FAST = pytest.mark.parametrize("fast", [True, False], ids=["fast-paths", "create_pg"])
 WORLD_TIMEOUT_S = 30  # a hang in group creation fails the world well before gloo's 60 s

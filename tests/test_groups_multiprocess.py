@@ -7,12 +7,15 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from mimo_launch.local_launcher import launch_local
-from mimo_launch.mimo_builder import (build_mimo_groups, is_pp_first_stage, is_pp_last_stage,
-                                      populate_embedding_and_position_groups)
-from mimo_launch.rank_runner import RankJob
-
 from conftest import assert_memberships_match, collect_memberships, layout
+from mimo_launch.local_launcher import launch_local
+from mimo_launch.mimo_builder import (
+    build_mimo_groups,
+    is_pp_first_stage,
+    is_pp_last_stage,
+    populate_embedding_and_position_groups,
+)
+from mimo_launch.rank_runner import RankJob
 
 LAYOUTS = {
     "vlm_8": (layout(vision=dict(tp=2, dp=2), language=dict(pp=2, dp=2, rank_offset=4)), 8),

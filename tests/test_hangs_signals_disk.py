@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_faults import _start_hanging_run, _wait_gone, since_the_fault
 
 from conftest import MIMO_LAUNCH, require_root, run_cli
-from test_faults import _start_hanging_run, _wait_gone, since_the_fault
 
 TIMEOUT_S = 3
 

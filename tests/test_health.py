@@ -7,10 +7,9 @@ import json
 
 import pytest
 
+from conftest import layout, run_cli
 from mimo_launch.health import boundary_links, measured_kinds, pipeline_links, plan_steps
 from mimo_launch.health_report import analyse, bus_factor, join_groups
-
-from conftest import layout, run_cli
 
 # ---- the numbers, by nccl-tests' conventions, on timings written by hand ---------------------
 

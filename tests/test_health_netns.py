@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import layout, require_root
 from mimo_launch.health_config import HealthSettings
 from mimo_launch.local_launcher import fork_ranks
 from mimo_launch.rank_runner import RankJob, run_rank
 from mimo_launch.report import read_report
-
-from conftest import layout, require_root
 
 HOSTS = 4
 SLOW = 3  # the host whose link gets the delay
@@ -44,7 +43,7 @@ class NamespaceHosts:
         self.switch = f"{prefix}sw"
         self.hosts = [f"{prefix}h{i}" for i in range(HOSTS)]
 
-    def __enter__(self) -> "NamespaceHosts":
+    def __enter__(self) -> NamespaceHosts:
         try:
             _ip("netns", "add", self.switch)
             _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")

@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 
+from conftest import layout
 from mimo_launch.layout_oracle import SPEC_GRID_KINDS as GRID_GROUPS
 from mimo_launch.layout_oracle import SPEC_KINDS as ALL_GROUPS
 from mimo_launch.layout_oracle import expected_layout
-
-from conftest import layout
 
 
 def test_spec_worked_example():

@@ -17,18 +17,17 @@ import pytest
 import torch.distributed as dist
 from torch.testing._internal.distributed.fake_pg import FakeStore
 
+from conftest import layout
 from mimo_launch import compat
 from mimo_launch.group_factory import GroupFactory
 from mimo_launch.group_kinds import GRID_GROUPS, dims_of
 from mimo_launch.layout_oracle import expected_layout
-from mimo_launch.mimo_builder import (MimoGroups, ModuleGroups, _build_grids,
-                                      _embedding_groups)
+from mimo_launch.mimo_builder import MimoGroups, ModuleGroups, _build_grids, _embedding_groups
 from mimo_launch.verify import decode_host, encode_host
 
-from conftest import layout
-
 WORLD = 256
-CFG = layout(vision=dict(tp=4, dp=32, rank_offset=0), language=dict(tp=2, cp=2, pp=4, dp=8, rank_offset=128))
+CFG = layout(vision=dict(tp=4, dp=32, rank_offset=0),
+             language=dict(tp=2, cp=2, pp=4, dp=8, rank_offset=128))
 
 
 def _in_child(fn, *args):

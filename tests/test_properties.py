@@ -10,11 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import assert_memberships_match, collect_memberships, world
 from mimo_launch.group_kinds import GRID_GROUPS, dims_of
 from mimo_launch.layout_oracle import expected_layout
 from mimo_launch.mimo_config import MimoParallelismConfig, ModuleParallelismConfig
-
-from conftest import assert_memberships_match, collect_memberships, world
 
 NAMES = ["language", "vision", "audio", "video"]
 POW2 = st.sampled_from([1, 2, 4])

@@ -14,8 +14,13 @@ from conftest import REPO, layout, run_cli
 from mimo_launch.app_config import layout_from
 from mimo_launch.console import PhaseProgress, print_final
 from mimo_launch.plan import make_plan
-from mimo_launch.rankmap import (FAIL_COLOUR, MAX_DRAWN_NODES, MODULE_COLOURS, draw_rankmap,
-                                 figure_size)
+from mimo_launch.rankmap import (
+    FAIL_COLOUR,
+    MAX_DRAWN_NODES,
+    MODULE_COLOURS,
+    draw_rankmap,
+    figure_size,
+)
 from mimo_launch.report import Report
 
 

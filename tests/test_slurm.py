@@ -1,8 +1,8 @@
 """Slurm: submission through submitit and the sbatch script, on the real local cluster.
 
-Tests marked `slurm` need root: a session fixture (conftest.py) runs `slurm/local/start.sh` (n1..n4, 4 CPUs
-each) and stops the cluster at the end only if this session started it. The unmarked tests
-(Slurm variables, allocation checks, the sbatch header) need no Slurm.
+Tests marked `slurm` need root: a session fixture (conftest.py) runs `slurm/local/start.sh`
+(n1..n4, 4 CPUs each) and stops the cluster at the end only if this session started it. The
+unmarked tests (Slurm variables, allocation checks, the sbatch header) need no Slurm.
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import MIMO_LAUNCH, REPO
 from mimo_launch.app_config import UsageError, load_settings
 from mimo_launch.slurm_report import task_errors
 from mimo_launch.slurm_submit import allocation, warning_signal_s
-from mimo_launch.slurm_task import (SlurmRank, first_node, master_port, rendezvous_store,
-                                    slurm_rank)
-
-from conftest import MIMO_LAUNCH, REPO
+from mimo_launch.slurm_task import SlurmRank, first_node, master_port, rendezvous_store, slurm_rank
 
 SBATCH_SCRIPT = REPO / "slurm" / "mimo_launch.sbatch"
 
@@ -288,7 +286,8 @@ def test_world_size_mismatch_submits_nothing(slurm_cluster, tmp_path):
                      "#SBATCH --time=5"]),
     ("example_site", ["#SBATCH --nodes=1", "#SBATCH --gpus-per-node=8", "#SBATCH --exclusive",
                       "#SBATCH --account=my_project", "#SBATCH --qos=normal",
-                      "export NCCL_DEBUG=WARN", "--container-image=/shared/images/mimo-launch-0.1.0.sqsh",
+                      "export NCCL_DEBUG=WARN",
+                      "--container-image=/shared/images/mimo-launch-0.1.0.sqsh",
                       "--container-mounts=/shared/runs:/shared/runs",
                       "--container-workdir=/workspace"]),
 ])

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_slurm import _cli, _gone, _job_id, _last_job_id
 
 from conftest import MIMO_LAUNCH, REPO
-from test_slurm import _cli, _gone, _job_id, _last_job_id
 
 SBATCH_SCRIPT = REPO / "slurm" / "mimo_launch.sbatch"
 

@@ -11,13 +11,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from conftest import layout
 from mimo_launch import mimo_builder
 from mimo_launch.group_kinds import GRID_GROUPS
 from mimo_launch.layout_oracle import SPEC_GRID_KINDS, SPEC_KINDS, expected_layout
 from mimo_launch.mimo_builder import build_mimo_groups
 from mimo_launch.verify import verify
-
-from conftest import layout
 
 SINGLE_8 = layout(language=dict(tp=2, pp=2))  # rank = tp + 2*pp + 4*dp
 VLM_8 = layout(vision=dict(tp=2, dp=2), language=dict(pp=2, dp=2, rank_offset=4))
