@@ -78,16 +78,18 @@ def _where(phase: str | None) -> str:
 
 
 def blame_dead(errors, statuses: dict[int, dict], stopped: bool) -> Blame | None:
-    """The first task srun saw die by a signal nobody sent to stop it, or (unless the job was
-    `stopped` from outside, when a task may end before it can record why) the ranks that ended
-    without an error and without finishing; None when there is neither."""
+    """The first task srun saw die by a signal nobody sent to stop it, or the ranks that ended
+    without an error and without finishing; None when there is neither, and always None when
+    the job was `stopped` from outside or by the launcher: then Slurm itself signalled every
+    task (SIGKILL after KillWait for a task too busy to end on SIGTERM), and a task may end
+    before it can record why."""
+    if stopped:
+        return None
     for node, tasks, what in errors:
         if not what.startswith(_NOT_A_DEATH):
             phase = _phase_of(statuses, tasks[0])
             return Blame(f"rank(s) {format_rank_set(tasks)} died on {node} ({what})"
                          f"{_where(phase)}; Slurm stopped the other tasks", phase, tasks)
-    if stopped:
-        return None
     named = {t for _, tasks, _ in errors for t in tasks}
     quit_early = sorted(r for r, s in statuses.items() if s.get("ended") is None
                         and r not in named)

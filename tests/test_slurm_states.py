@@ -16,6 +16,7 @@ import pytest
 from test_slurm import _cli, _gone, _job_id, _last_job_id
 
 from conftest import MIMO_LAUNCH, REPO
+from mimo_launch.slurm_report import blame_dead
 
 SBATCH_SCRIPT = REPO / "slurm" / "mimo_launch.sbatch"
 
@@ -182,3 +183,15 @@ def test_slurms_time_limit_warning_does_not_end_a_healthy_job(slurm_cluster, tmp
     assert proc.returncode == 0, out + err
     assert "PASSED" in out
     assert "time-limit warning (SIGUSR2); going on" in (run_dir / "logs" / "rank0.log").read_text()
+
+
+def test_a_job_stopped_from_outside_blames_no_task_slurm_signalled():
+    """scancel (or the launcher's cancel) makes Slurm signal every task; a task too busy to end
+    on SIGTERM is SIGKILLed after KillWait ('Killed'), which is Slurm's doing, not a death."""
+    errors = [("n1", [0, 1, 2, 3], "Terminated"), ("n2", [6], "Exited with exit code 3"),
+              ("n2", [7], "Killed")]
+    statuses = {r: {"rank": r, "phase": None, "ended": None} for r in range(8)}
+    assert blame_dead(errors, statuses, stopped=True) is None
+    found = blame_dead(errors, statuses, stopped=False)
+    assert (found.ranks, found.phase) == ([7], None)
+    assert found.message == "rank(s) 7 died on n2 (Killed); Slurm stopped the other tasks"
