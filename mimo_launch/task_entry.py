@@ -162,5 +162,7 @@ def finish_task(rank: int, settings, run) -> int:
         report = read_report(settings.run_dir)
         if report is not None:
             print(format_summary(report))
+            if code != EXIT_FAILURE:  # the report's code: 4 for a health problem, as mimo-launch
+                code = report.exit_code
         print(f"report: {settings.run_dir / 'report.json'}", flush=True)
     return code if rank == 0 or code == EXIT_FAILURE else 0
