@@ -104,7 +104,8 @@ def read_report(run_dir: Path) -> Report | None:
     return Report.from_dict(json.loads(path.read_text()))
 
 
-CHECKS = ("members", "consistency", "collective", "stage")  # verify.Mismatch.check values
+# verify.Mismatch.check values, in the verifier's order (verify._CHECKS is step 1's part)
+CHECKS = ("members", "consistency", "timeout", "collective", "stage")
 
 
 

@@ -213,3 +213,16 @@ def test_member_list_fingerprints_equal_the_oracles_row_fingerprints():
     assert got[2].tolist() == fpr.of_rows([[7]])[0].tolist()
     assert got[3].tolist() == fpr.of_rows([[8, 9, 10, 11]])[0].tolist()
     assert got[3, :3].tolist() == [4, 8, 11] and got[0, 3] != got[3, 3]
+
+
+def test_the_reports_check_columns_name_every_check_the_verifier_makes():
+    """report.md's table and the console count mismatches by `report.CHECKS`: a check missing
+    there (as 'timeout' was) drops its mismatches from the per-module columns."""
+    from mimo_launch.report import CHECKS, Report, module_checks
+
+    assert CHECKS == ("members", "consistency", "timeout", "collective", "stage")
+    report = Report(passed=False, world_size=1, backend="gloo", modules={"language": {}},
+                    mismatches=[{"rank": 0, "module": "language", "kind": "tp",
+                                 "check": "timeout", "expected": 5, "actual": 1800}])
+    assert module_checks(report) == {"language": {"members": 0, "consistency": 0, "timeout": 1,
+                                                  "collective": 0, "stage": 0}}
