@@ -46,7 +46,11 @@ def task_device(requested: str) -> str:
 def task_settings(prog: str, is_rank0: bool, overrides: list[str], tasks, started: str):
     """(settings, device) for this task, or EXIT_USAGE after rank 0 printed one line: the
     overrides do not compose or validate, or the `tasks` the launcher started (`started` says
-    which variable told) are not the layout's world size."""
+    which variable told) are not the layout's world size. EXIT_FAILURE when the launcher
+    stopped the task (SIGTERM) while the config was composed and it was valid.
+
+    SIGTERM is held meanwhile: the first task to refuse makes srun or torchrun stop the others,
+    and rank 0 must still finish composing and say why instead of dying silently."""
     from .app_config import UsageError, load_settings
     from .mimo_config import MimoConfigError
 
@@ -55,14 +59,18 @@ def task_settings(prog: str, is_rank0: bool, overrides: list[str], tasks, starte
             print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 
+    terminated: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: terminated.append(signum))
     try:
         settings = load_settings(overrides)
         device = task_device(settings.device)
     except (UsageError, MimoConfigError, ValueError) as exc:
         return usage(str(exc))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if str(settings.world_size) != str(tasks):
         return usage(f"{started} but the layout's world size is {settings.world_size}")
-    return settings, device
+    return EXIT_FAILURE if terminated else (settings, device)
 
 
 class StopOnSigterm:

@@ -18,12 +18,11 @@ after one of them failed) rank 0 first writes its diagnosis to report.json, as o
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from .task_entry import EXIT_FAILURE, EXIT_USAGE
+from .task_entry import EXIT_USAGE
 
 PROG = "mimo_launch.torchrun_task"
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -82,20 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     from .launch import rank_job
     from .task_entry import finish_task, run_rank_task, task_settings
 
-    # A worker that refuses the world first makes torchrun SIGTERM the others: rank 0 still
-    # finishes composing the config and says why (exit 2) instead of dying silently.
-    terminated: list[int] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: terminated.append(signum))
-    try:
-        found = task_settings(PROG, me.rank == 0, args, me.world_size,
-                              f"torchrun started {me.world_size} workers (WORLD_SIZE: nnodes x "
-                              f"nproc-per-node)")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    found = task_settings(PROG, me.rank == 0, args, me.world_size,
+                          f"torchrun started {me.world_size} workers (WORLD_SIZE: nnodes x "
+                          f"nproc-per-node)")
     if isinstance(found, int):
         return found
-    if terminated:  # torchrun stopped the workers before this one started its rank
-        return EXIT_FAILURE
     settings, device = found
     if settings.cluster.get("launcher") != "torchrun":
         if me.rank == 0:
