@@ -153,8 +153,10 @@ def print_final(report: Report, plan=None, rich: bool | None = None) -> None:
             groups = str(plan.modules[name].group_count)
         counts = checks.get(name)
         bad = [f"{check} {n}" for check, n in (counts or {}).items() if n]
+        done = len(counts or {}) - len(report.skipped_checks)
         cell = ("[dim]not run[/]" if counts is None else
-                f"[red]failed: {', '.join(bad)}[/]" if bad else f"[green]all {len(counts)} ok[/]")
+                f"[red]failed: {', '.join(bad)}[/]" if bad else f"[green]all {done} ok[/]" +
+                "".join(f", [yellow]{c} not checked[/]" for c in report.skipped_checks))
         table.add_row(name, f"[{info['first_rank']}, {info['end_rank']})", shape, groups, cell)
     console.print(table)
     if report.timings:

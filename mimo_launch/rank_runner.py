@@ -135,7 +135,7 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None)
         mismatches=[vars(m) for m in verdict.mismatches], timings=report_timings(tracker),
         modules=module_summary(layout), hosts=verdict.hosts,
         new_group_calls=groups.new_group_calls, member_new_group_calls=groups.member_calls,
-        entrypoint=job.entrypoint)
+        entrypoint=job.entrypoint, skipped_checks=verdict.skipped)
     if rank == 0:
         write_report(Path(job.run_dir), report)
     if verdict.passed and job.health is not None:

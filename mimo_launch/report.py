@@ -40,6 +40,7 @@ class Report:
     entrypoint: str | None = None  # 'pkg.module:function' run after a passing verification
     entrypoint_finished: bool = False  # it returned on every rank
     health: dict | None = None  # check=health: the health stage's section (health_stage.py)
+    skipped_checks: dict[str, str] = field(default_factory=dict)  # check -> why it was not done
 
     @property
     def awaiting_entrypoint(self) -> bool:
@@ -141,12 +142,14 @@ def module_checks(report: Report) -> dict[str, dict[str, int]]:
     return out
 
 
-def checks_text(counts: dict[str, int] | None) -> str:
-    """'checks passed', 'checks FAILED: members 3' or 'checks not run'."""
+def checks_text(counts: dict[str, int] | None, skipped=()) -> str:
+    """'checks passed', 'checks FAILED: members 3' or 'checks not run', with
+    ' (timeout not checked)' for the `skipped` checks."""
     if counts is None:
         return "checks not run"
     bad = [f"{check} {n}" for check, n in counts.items() if n]
-    return "checks FAILED: " + ", ".join(bad) if bad else "checks passed"
+    text = "checks FAILED: " + ", ".join(bad) if bad else "checks passed"
+    return text + (f" ({', '.join(skipped)} not checked)" if skipped else "")
 
 
 def detail_lines(report: Report, max_mismatches: int = 20, timings: bool = True) -> list[str]:
@@ -160,6 +163,7 @@ def detail_lines(report: Report, max_mismatches: int = 20, timings: bool = True)
         if report.member_new_group_calls is not None:
             line += f" (rank 0 called new_group {report.member_new_group_calls} times)"
         lines.append(line)
+    lines.extend(f"  {check} not checked: {why}" for check, why in report.skipped_checks.items())
     if report.entrypoint:
         if report.entrypoint_finished:
             state = "finished on every rank"
@@ -190,7 +194,7 @@ def format_summary(report: Report, max_mismatches: int = 20) -> str:
     for name, info in report.modules.items():
         shape = shape_text(info["shape"])
         lines.append(f"  module {name:<12} ranks [{info['first_rank']}, {info['end_rank']})"
-                     f"  {shape}  {checks_text(checks.get(name))}")
+                     f"  {shape}  {checks_text(checks.get(name), report.skipped_checks)}")
     lines.extend(detail_lines(report, max_mismatches))
     lines.extend(health_lines(report.health))
     return "\n".join(lines)

@@ -53,8 +53,8 @@ def render_report_md(report: Report, picture: str | None = None, plan=None) -> s
             groups = plan.modules[name].group_count
         row = [name, f"[{info['first_rank']}, {info['end_rank']})", *info["shape"].values(),
                groups]
-        row += ["not run" if counts is None else "passed" if counts[c] == 0 else
-                f"**{counts[c]} failed**" for c in CHECKS]
+        row += ["not run" if counts is None else f"**{counts[c]} failed**" if counts[c] else
+                "not checked" if c in report.skipped_checks else "passed" for c in CHECKS]
         rows.append(row)
     out += ["## Modules", ""]
     out += _table(["module", "ranks", "TP", "CP", "ETP", "PP", "DP", "groups", *CHECKS], rows)

@@ -54,12 +54,13 @@ class Mismatch:
 
 @dataclass
 class Verdict:
-    """What rank 0 found; other ranks get `passed` only. `skipped`: checks not done, why."""
+    """What rank 0 found; other ranks get `passed` only. `skipped`: the checks not done (a name
+    of `report.CHECKS`) and why."""
 
     passed: bool
     mismatches: list[Mismatch] = field(default_factory=list)
     hosts: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def _group_of(groups, module: str, kind: str):
@@ -323,7 +324,7 @@ def verify(groups: MimoGroups, layout: ExpectedLayout, host: str,
     device = comm_device()
     rows = _gather_rows(np.concatenate([record.ravel(), encode_host(host)]), device)
     hosts: list[str] = []
-    skipped: list[str] = []
+    skipped: dict[str, str] = {}
     flags = {}
     if me == 0:
         actual = rows[:, :record.size].reshape((world,) + record.shape)
@@ -332,7 +333,7 @@ def verify(groups: MimoGroups, layout: ExpectedLayout, host: str,
         flags = member_flags(actual, expected, timeout_s)
         present = actual[:, :, :STAGE_SLOT, 0] > 0
         if timeout_s is not None and (actual[:, :, :STAGE_SLOT, TIMEOUT][present] < 0).any():
-            skipped.append(_SKIPPED_TIMEOUT)
+            skipped["timeout"] = _SKIPPED_TIMEOUT
             print(f"verification: {_SKIPPED_TIMEOUT}", flush=True)  # into rank 0's log
     if _agree(me == 0 and any(f.any() for f in flags.values()), device, src0=True):
         slots = None  # failure path only: member lists of (a bounded number of) flagged slots

@@ -5,13 +5,16 @@ does not build fails, and a run builds its embedding groups through the public f
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import layout
+from conftest import MIMO_LAUNCH, layout
 from mimo_launch import mimo_builder
 from mimo_launch.group_kinds import GRID_GROUPS
 from mimo_launch.layout_oracle import SPEC_GRID_KINDS, SPEC_KINDS, expected_layout
@@ -49,7 +52,7 @@ def test_the_checked_kinds_are_specs_own_list():
 @pytest.mark.timeout(120)
 def test_right_groups_pass_every_check(tmp_path, run_world):
     res = run_world(tmp_path, 8, _verified(VLM_8, 8))
-    assert res[0] == {"passed": True, "skipped": [], "mismatches": []}
+    assert res[0] == {"passed": True, "skipped": {}, "mismatches": []}
     assert all(r["passed"] for r in res)
 
 
@@ -185,8 +188,8 @@ def test_group_timeouts_are_read_and_the_check_is_skipped_with_a_reason_where_th
     res = run_world(tmp_path, 8, body)
     assert res[0]["read"] == 7.0 and res[0]["unread"] is None
     assert res[0]["passed"] and res[0]["mismatches"] == []
-    assert res[0]["skipped"] == ["group timeouts: not checked, torch does not expose a group's "
-                                 "timeout here (compat.group_timeout)"]
+    assert res[0]["skipped"] == {"timeout": "group timeouts: not checked, torch does not expose "
+                                             "a group's timeout here (compat.group_timeout)"}
 
 
 def test_every_mutant_of_the_mutation_check_patches_a_member_that_exists():
@@ -226,3 +229,22 @@ def test_the_reports_check_columns_name_every_check_the_verifier_makes():
                                  "check": "timeout", "expected": 5, "actual": 1800}])
     assert module_checks(report) == {"language": {"members": 0, "consistency": 0, "timeout": 1,
                                                   "collective": 0, "stage": 0}}
+
+
+def test_a_run_whose_timeout_check_was_skipped_says_so_everywhere(tmp_path):
+    """Without the fast paths the group timeouts cannot be read: the run still passes, but the
+    console, report.json and report.md say the timeout check was not done, not 'passed'."""
+    out = tmp_path / "run"
+    env = dict(os.environ, MIMO_LAUNCH_NO_FAST_PATHS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([str(MIMO_LAUNCH), f"hydra.run.dir={out}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    why = ("group timeouts: not checked, torch does not expose a group's timeout here "
+           "(compat.group_timeout)")
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is True and report["skipped_checks"] == {"timeout": why}
+    assert f"timeout not checked: {why}" in proc.stdout
+    table = (out / "report.md").read_text()
+    assert "| vision | [0, 4) | 2 | 1 | 1 | 1 | 2 | " in table
+    rows = [ln for ln in table.splitlines() if ln.startswith(("| vision ", "| language "))]
+    assert [ln.split(" | ")[-3:] for ln in rows] == [["not checked", "passed", "passed |"]] * 2
