@@ -17,6 +17,7 @@ from test_slurm import _cli, _gone, _job_id, _last_job_id
 
 from conftest import MIMO_LAUNCH, REPO
 from mimo_launch.slurm_report import blame_dead
+from mimo_launch.slurm_watch import final_state
 
 SBATCH_SCRIPT = REPO / "slurm" / "mimo_launch.sbatch"
 
@@ -161,9 +162,8 @@ def test_sbatch_with_the_wrong_size_exits_2(slurm_cluster, tmp_path):
     while subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True,
                          text=True).stdout.strip():
         time.sleep(0.5)
-    accounted = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State,ExitCode", "-j", job_id],
-                               capture_output=True, text=True).stdout.strip()
-    assert accounted == "FAILED|2:0", accounted
+    # accounting lags the queue: wait for sacct's final state, as the launcher does
+    assert final_state(job_id, tries=60) == ("FAILED", "2:0")
     output = (tmp_path / f"mimo-launch-{job_id}.out").read_text()
     assert ("mimo_launch.slurm_task: error: the allocation has 4 tasks (SLURM_NTASKS: nodes x "
             "ntasks-per-node) but the layout's world size is 8") in output, output
