@@ -111,27 +111,28 @@ def _draw_health(health: dict, stem: Path) -> list[Path]:
         return []
 
 
-def finish_run(settings: LaunchSettings, report: Report, came: list[int] = ()) -> None:
+def finish_run(settings: LaunchSettings, report: Report, came: list[int]) -> None:
     """After a local run: the verdict first, then report.md and the rank map.
 
-    Once the ranks have ended, the verdict stands: an interrupt (`came`: signals already held
-    back, or one arriving now) is held while the verdict prints, and stops only the writing of
-    report.md and the rank map, which a note then names; the exit code stays the report's."""
+    Once the ranks have ended, the verdict stands: `came` is the run's hold
+    (`interrupts.held` inside `interrupts.one_run`), where signals are recorded instead of
+    raised. One recorded before or while the verdict prints, or arriving while report.md and
+    the rank map are written (the one `stoppable` window), stops only those files, which a note
+    then names; the exit code stays the report's."""
     from .console import print_final
-    from .interrupts import describe, held, signal_of
+    from .interrupts import describe, signal_of, stoppable
 
-    came = list(came)
     plan = plan_for(settings)
-    with held() as during:
-        print_final(with_modules(report, plan), plan)
-        print(f"report: {Path(settings.run_dir) / 'report.json'}", flush=True)
-    came += during
+    print_final(with_modules(report, plan), plan)
+    print(f"report: {Path(settings.run_dir) / 'report.json'}", flush=True)
     paths: list[Path] = []
-    if not came:
-        try:
-            time.sleep(settings.fault.artifacts_delay_s)  # a rehearsal's window; 0 normally
-            paths = write_artifacts(settings, report, plan)
-        except KeyboardInterrupt as exc:
+    try:
+        if not came:
+            with stoppable():
+                time.sleep(settings.fault.artifacts_delay_s)  # a rehearsal's window; 0 normally
+                paths = write_artifacts(settings, report, plan)
+    except KeyboardInterrupt as exc:
+        if signal_of(exc) not in came:
             came.append(signal_of(exc))
     if came:
         print(f"mimo-launch: interrupted ({describe(came[0])}) after the verdict: report.md and "

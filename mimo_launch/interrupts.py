@@ -1,11 +1,17 @@
 """The launcher's signals: SIGTERM (`timeout`, a CI cancel, Slurm) and SIGHUP (a closed
 terminal) are handled like Ctrl-C.
 
-`install()` makes both raise `Interrupted`, a KeyboardInterrupt, so every Ctrl-C path (stop the
-local ranks, cancel the Slurm job, write the report) serves them too. The exit code of an
-interrupted run is 128 + the signal's number, as a shell reports a process killed by it:
-130 SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP. `deferred()` holds the three back over a block
-that must not be cut (printing the verdict), and raises the one that came at its end.
+`install()` makes the three raise a KeyboardInterrupt (`Interrupted` for SIGTERM and SIGHUP),
+so every Ctrl-C path (stop the local ranks, cancel the Slurm job, write the report) serves them
+too. The exit code of an interrupted run is 128 + the signal's number, as a shell reports a
+process killed by it: 130 SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP.
+
+`held()` holds the three back over a block that must not be cut (stopping the ranks, writing
+the report, printing the verdict): a signal is recorded in the block's list instead of raised.
+Inside `one_run()`, the launcher's frame around one local run, the first `held()` block holds
+for the rest of the run: once the ranks have ended the verdict stands, and no signal may land
+between two blocks. `stoppable()` opens the one window a held signal may cut (report.md and
+the rank map, after the verdict).
 """
 
 from __future__ import annotations
@@ -18,25 +24,38 @@ HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Interrupted(KeyboardInterrupt):
-    """The launcher received SIGTERM or SIGHUP (SIGINT stays Python's KeyboardInterrupt)."""
+    """The launcher received SIGTERM or SIGHUP (SIGINT raises a plain KeyboardInterrupt)."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
-def _raise(signum, _frame) -> None:
-    raise Interrupted(signum)
+class _State:
+    came: list[int] | None = None  # not None: signals are recorded here, not raised
+    in_run = False  # inside one_run(): a hold, once started, lasts to the run's end
+    stoppable = False  # inside stoppable(): the next signal raises
+
+
+def _handle(signum: int, _frame) -> None:
+    if _State.came is not None and not _State.stoppable:
+        _State.came.append(signum)
+        return
+    _State.stoppable = False  # one signal stops the window; later ones are recorded
+    if _State.came is not None:
+        _State.came.append(signum)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
 
 
 def install() -> None:
-    """Make SIGTERM and SIGHUP raise `Interrupted` in the main thread (call once, early)."""
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise)
+    """Make SIGINT, SIGTERM and SIGHUP raise in the main thread (call once, early)."""
+    for signum in HANDLED:
+        signal.signal(signum, _handle)
 
 
 def reset_in_child() -> None:
     """In a forked rank: every handled signal back to its default (a SIGTERM ends the rank)."""
+    _State.came, _State.in_run, _State.stoppable = None, False, False
     for signum in HANDLED:
         signal.signal(signum, signal.SIG_DFL)
 
@@ -59,11 +78,42 @@ def exit_code(signum: int) -> int:
 @contextmanager
 def held() -> Iterator[list[int]]:
     """Run the block with SIGINT, SIGTERM and SIGHUP held back: the block gets a list, and the
-    signals that arrive are appended to it instead of raising. The handlers are back after."""
-    came: list[int] = []
-    saved = {s: signal.signal(s, lambda signum, _frame: came.append(signum)) for s in HANDLED}
+    signals that arrive are appended to it instead of raising. Nested blocks share the outer
+    list. After the block the signals raise again, unless it started inside `one_run()`: then
+    they stay held (and recorded in the same list) until that run ends."""
+    if _State.came is not None:  # nested, or a run's hold already on
+        yield _State.came
+        return
+    saved = {s: signal.signal(s, _handle) for s in HANDLED}
+    _State.came = came = []
+    if _State.in_run:
+        yield came  # lasts: one_run() lets go
+        return
     try:
         yield came
     finally:
+        _State.came = None
         for signum, handler in saved.items():
             signal.signal(signum, handler)
+
+
+@contextmanager
+def one_run() -> Iterator[None]:
+    """The launcher's frame around one local run: a `held()` block inside it holds until the
+    frame ends (the ranks have ended: from there on the verdict stands)."""
+    _State.in_run = True
+    try:
+        yield
+    finally:
+        _State.in_run, _State.came, _State.stoppable = False, None, False
+
+
+@contextmanager
+def stoppable() -> Iterator[None]:
+    """Inside a hold: the first signal arriving in this block raises (KeyboardInterrupt), so
+    that slow work after the verdict can be cut; one held back before the block does not."""
+    _State.stoppable = True
+    try:
+        yield
+    finally:
+        _State.stoppable = False

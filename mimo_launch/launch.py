@@ -65,12 +65,13 @@ def launch(settings: LaunchSettings) -> int:
           f"output in {settings.run_dir}", flush=True)
     from .artifacts import finish_run
     from .console import PhaseProgress
-    from .interrupts import held
+    from .interrupts import held, one_run
     from .rankmap import warm_up
 
-    with PhaseProgress(settings.world_size, on_first_tick=warm_up) as progress:
-        report = launch_local(rank_job(settings), on_tick=progress)
-        with held() as came:  # the ranks have ended: from here on the verdict stands
-            progress.finish(report)
-    finish_run(settings, report, came)  # verdict, then report.md and the rank map
+    with one_run():  # from the ranks' end on, signals are held: the verdict stands
+        with PhaseProgress(settings.world_size, on_first_tick=warm_up) as progress:
+            report = launch_local(rank_job(settings), on_tick=progress)
+            with held() as came:
+                progress.finish(report)
+        finish_run(settings, report, came)  # verdict, then report.md and the rank map
     return report.exit_code

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -108,6 +109,45 @@ def test_an_interrupt_after_the_verdict_keeps_the_verdict(sig, tmp_path):
                    f"map were not written; the verdict above and report.json stand\n")
     assert json.loads((run_dir / "report.json").read_text())["passed"] is True
     assert _no_artifacts(run_dir) == []
+
+
+_HOLD_SCRIPT = """
+import os, signal, sys
+from mimo_launch import interrupts as i
+i.install()
+seen = []
+with i.one_run():
+    with i.held() as came:
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)  # between two blocks: the hold lasts
+    with i.held() as again:
+        os.kill(os.getpid(), signal.SIGHUP)
+    try:
+        with i.stoppable():
+            os.kill(os.getpid(), signal.SIGINT)
+            seen.append("not cut")
+    except KeyboardInterrupt as exc:
+        seen.append(i.describe(i.signal_of(exc)))
+    seen.append([i.describe(s) for s in came])
+    seen.append(again is came)
+try:
+    os.kill(os.getpid(), signal.SIGTERM)  # the run is over: signals raise again
+    seen.append("held after the run")
+except KeyboardInterrupt as exc:
+    seen.append(i.describe(i.signal_of(exc)))
+print(seen)
+"""
+
+
+def test_a_signal_between_two_held_blocks_of_a_run_is_held_not_raised():
+    """The kind behind an interrupt landing just after the verdict printed (exit 143 although
+    the verdict stood): inside a run, once the ranks have ended, every signal is recorded until
+    the run ends, except in the one stoppable window; real signals to a real process."""
+    out = subprocess.run([sys.executable, "-c", _HOLD_SCRIPT], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip() == ("['Ctrl-C', ['SIGTERM', 'SIGHUP', 'Ctrl-C'], True, "
+                                  "'SIGTERM']")
 
 
 @pytest.fixture
