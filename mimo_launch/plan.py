@@ -86,8 +86,8 @@ class Plan:
 
     @property
     def colocated(self) -> bool:
-        spans = {(m.first_rank, m.end_rank) for m in self.modules.values()}
-        return len(self.modules) > 1 and len(spans) == 1
+        """True when every module occupies the same ranks (`MimoParallelismConfig.colocated`)."""
+        return self.config.colocated
 
     def node_of(self, rank: int) -> int:
         return rank // self.ranks_per_node
