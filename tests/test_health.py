@@ -99,6 +99,23 @@ def test_only_the_largest_size_is_judged_and_a_lone_group_never_is():
     assert health["headline"].startswith("health OK")
 
 
+def test_pipeline_and_boundary_links_are_each_judged_against_their_own_kinds_median():
+    # boundary links are 2.5x slower than pipeline links by design (another module's ranks):
+    # against a median of both kinds together they would all be suspects
+    records = [_rec("pp", "send_recv", r, [0.001]) for r in ([4, 5], [6, 7])]
+    records += [_rec("boundary", "send_recv", r, [0.0025]) for r in ([0, 4], [2, 6])]
+    health = analyse(records, ["a"] * 8, 0.7)
+    assert health["suspects"]["groups"] == [] and not health["problem"]
+    # a slow pipeline link: its ratio is to the pp row's median, the one the table shows
+    records += [_rec("pp", "send_recv", [8, 9], [0.004])]
+    health = analyse(records, ["a"] * 10, 0.7)
+    pp_row = next(r for r in health["rows"] if r["kind"] == "pp")
+    assert pp_row["busbw_median"] == pytest.approx(1.0)  # links at 1, 1 and 0.25 GB/s
+    (slow,) = [g for g in health["groups"] if g["suspect"]]
+    assert slow["ranks"] == [8, 9] and slow["ratio"] == pytest.approx(0.25)
+    assert health["suspects"]["groups"] == ["m pp send_recv ranks 8-9: 0.25 GB/s (0.25x median)"]
+
+
 # ---- what is measured: kinds, pipelines, module boundaries -----------------------------------
 
 
