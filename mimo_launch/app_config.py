@@ -160,14 +160,18 @@ def resolve_device(requested: str, ranks_per_machine: int) -> str:
 
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
+# The shortest timeout: it bounds the TCPStore rendezvous and every group creation too, which
+# take tens of milliseconds on an idle machine and more on a busy one; below a second a run
+# fails on its own start-up, not on a hang.
+MIN_TIMEOUT_S = 1
 
 
 def check_timeout(value, name: str = "timeout_s") -> float:
-    """`timeout_s` (or the setting `name`) as seconds: a finite number in (0, one week]."""
+    """`timeout_s` (or the setting `name`) as seconds: a finite number in [1 s, one week]."""
     if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S):
-        raise UsageError(f"{name} must be a number of seconds in (0, {MAX_TIMEOUT_S}], "
-                         f"got {value!r}")
+            or not math.isfinite(value) or not MIN_TIMEOUT_S <= value <= MAX_TIMEOUT_S):
+        raise UsageError(f"{name} must be a number of seconds in [{MIN_TIMEOUT_S}, "
+                         f"{MAX_TIMEOUT_S}], got {value!r}")
     return float(value)
 
 
