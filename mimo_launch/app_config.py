@@ -223,14 +223,30 @@ def fault_from(node, world_size: int) -> FaultSpec:
         raise UsageError(str(exc)) from None
 
 
-def health_from(cfg: DictConfig, fault: FaultSpec) -> HealthSettings | None:
+def overridden(overrides: list[str], key: str) -> list[str]:
+    """The command-line overrides that set `key` or a key under it (`key.x=`, `+key.x=`,
+    `~key.x`...), as given."""
+    found = []
+    for override in overrides:
+        name = override.lstrip("+~").split("=", 1)[0].strip()
+        if name == key or name.startswith(f"{key}."):
+            found.append(override)
+    return found
+
+
+def health_from(cfg: DictConfig, fault: FaultSpec,
+                overrides: list[str] = ()) -> HealthSettings | None:
     """`check` and the `health` node as HealthSettings (None for check=verify); a slow-rank
-    fault needs check=health, the only stage it acts in."""
+    fault and `health.*` overrides need check=health, the only stage they act in (refused
+    otherwise, as every setting that would silently do nothing)."""
     try:
         health = health_settings(cfg.get("check", "verify"),
                                  section(cfg.get("health"), "health", HEALTH_KEYS))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    inert = overridden(list(overrides), "health")
+    if inert and health is None:
+        raise UsageError(f"{inert[0]} acts in the health stage only: add check=health")
     if fault.slow_rank is not None and health is None:
         raise UsageError("fault.slow_rank acts in the health stage only: add check=health")
     if fault.active and fault.phase == HEALTH_PHASE and health is None:
@@ -298,7 +314,7 @@ def load_settings(overrides: list[str]) -> LaunchSettings:
                              f"{list(expected.module_parallelisms)} differ from the layout's "
                              f"{list(layout.module_parallelisms)}")
     fault = fault_from(cfg.get("fault"), world)
-    health = health_from(cfg, fault)
+    health = health_from(cfg, fault, overrides)
     plan = plan_from(cfg.get("plan"), world)
     entrypoint, entrypoint_dir = entrypoint_from(cfg.get("entrypoint"))
     if fault.phase == ENTRYPOINT_PHASE and fault.active and not entrypoint:

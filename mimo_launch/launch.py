@@ -29,6 +29,7 @@ def check_local_allocation(settings: LaunchSettings) -> None:
     if nproc is not None and nproc != settings.world_size:
         raise UsageError(f"cluster.nproc={nproc} ranks but the layout's world size is "
                          f"{settings.world_size}")
+    check_health_memory(settings, settings.world_size)
     if settings.device == "cuda":
         from .app_config import gpu_count
 
@@ -36,6 +37,17 @@ def check_local_allocation(settings: LaunchSettings) -> None:
         if gpus < settings.world_size:
             raise UsageError(f"the layout needs {settings.world_size} GPUs (one per rank) but "
                              f"this machine has {gpus}")
+
+
+def check_health_memory(settings: LaunchSettings, ranks: int) -> None:
+    """check=health on CPU: the buffers of `ranks` ranks on this machine must fit its memory
+    (`health_config.check_memory`); UsageError (one line) otherwise."""
+    from .health_config import check_memory
+
+    try:
+        check_memory(settings.health, "nccl" if settings.device == "cuda" else "gloo", ranks)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def launch(settings: LaunchSettings) -> int:

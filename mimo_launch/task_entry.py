@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import traceback
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -43,10 +44,12 @@ def task_device(requested: str) -> str:
     return "cuda" if gpu_count() else "cpu"
 
 
-def task_settings(prog: str, is_rank0: bool, overrides: list[str], tasks, started: str):
+def task_settings(prog: str, is_rank0: bool, overrides: list[str], tasks, started: str,
+                  ranks_on_node: int | None = None):
     """(settings, device) for this task, or EXIT_USAGE after rank 0 printed one line: the
     overrides do not compose or validate, or the `tasks` the launcher started (`started` says
-    which variable told) are not the layout's world size. EXIT_FAILURE when the launcher
+    which variable told) are not the layout's world size, or (given `ranks_on_node`) the health
+    stage's buffers of that many ranks do not fit this node's memory. EXIT_FAILURE when the launcher
     stopped the task (SIGTERM) while the config was composed and it was valid.
 
     SIGTERM is held meanwhile: the first task to refuse makes srun or torchrun stop the others,
@@ -64,6 +67,10 @@ def task_settings(prog: str, is_rank0: bool, overrides: list[str], tasks, starte
     try:
         settings = load_settings(overrides)
         device = task_device(settings.device)
+        if ranks_on_node:
+            from .launch import check_health_memory
+
+            check_health_memory(replace(settings, device=device), ranks_on_node)
     except (UsageError, MimoConfigError, ValueError) as exc:
         return usage(str(exc))
     finally:

@@ -66,6 +66,12 @@ def rendezvous_store(timeout_s: float):
     return store
 
 
+def _local_world_size() -> int:
+    """Workers on this node (torchrun's LOCAL_WORLD_SIZE; 1 where it is not a number)."""
+    value = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """The torchrun entry point (see the module docstring); returns the worker's exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -83,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     found = task_settings(PROG, me.rank == 0, args, me.world_size,
                           f"torchrun started {me.world_size} workers (WORLD_SIZE: nnodes x "
-                          f"nproc-per-node)")
+                          f"nproc-per-node)",
+                          ranks_on_node=_local_world_size())
     if isinstance(found, int):
         return found
     settings, device = found
