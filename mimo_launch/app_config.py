@@ -198,7 +198,14 @@ def preset_layout(name: str, world_size: int) -> MimoParallelismConfig:
     if name not in presets:
         raise UsageError(f"verify_against: no mimo preset {name!r}; available: "
                          f"{', '.join(sorted(presets))}")
-    return layout_from(OmegaConf.load(presets[name])).validate(world_size)
+    node = OmegaConf.load(presets[name])
+    try:
+        return layout_from(node).validate(world_size)
+    except (MimoConfigError, UsageError) as exc:  # the preset does not fit, not the layout
+        own = node.get("world_size")
+        raise UsageError(f"verify_against={name}: the preset "
+                         f"{f'is a {own}-rank layout and ' if own else ''}does not fit this "
+                         f"run's world of {world_size} ranks ({exc})") from None
 
 
 def section(node, name: str, known: tuple[str, ...]) -> dict:

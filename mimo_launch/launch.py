@@ -15,7 +15,8 @@ def rank_job(settings: LaunchSettings) -> RankJob:
                    fault=settings.fault, entrypoint=settings.entrypoint,
                    entrypoint_dir=settings.entrypoint_dir,
                    entrypoint_timeout_s=settings.entrypoint_timeout_s,
-                   health=settings.health)
+                   health=settings.health,
+                   verify_against=settings.config.get("verify_against") or None)
 
 
 def check_local_allocation(settings: LaunchSettings) -> None:

@@ -137,7 +137,7 @@ class StopOnSigterm:
         report = report or Report(
             passed=False, world_size=self.job.world_size, backend=self.job.backend,
             modules=module_summary(self.job.layout.validate(self.job.world_size)),
-            entrypoint=self.job.entrypoint)
+            entrypoint=self.job.entrypoint, verify_against=self.job.verify_against)
         write_report(run_dir, record_failure(report, found.message, found.phase, found.ranks))
 
 

@@ -68,6 +68,10 @@ CASES = {
     "fault with an unknown phase": (["fault.hang_rank=1", "fault.phase=train"],
                                     ["fault.phase", "'train'"]),
     "verify against an unknown preset": (["verify_against=nope"], ["verify_against", "'nope'"]),
+    "verify against a preset of another world size": (
+        ["verify_against=vlm_16"],
+        ["verify_against=vlm_16: the preset is a 16-rank layout and does not fit this run's "
+         "world of 8 ranks ("]),
     "unknown mode": (["mode=bogus"], ["mode", "'bogus'"]),
     "switch not a boolean": (["dry_run=maybe"], ["dry_run must be true or false", "'maybe'"]),
     "switch a number other than 0/1": (["wait=2"], ["wait must be true or false", "got 2"]),

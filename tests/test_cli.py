@@ -43,6 +43,17 @@ def test_a_failed_verification_exits_1_and_lists_mismatches(mismatch_run):
     assert "FAILED" in proc.stdout and "rank 0 module vision group dp" in proc.stdout
 
 
+@pytest.mark.timeout(240)
+def test_the_preset_verified_against_and_the_exit_code_are_in_the_report(mismatch_run):
+    proc, out = mismatch_run
+    report = json.loads((out / "report.json").read_text())
+    assert report["verify_against"] == "vlm_8" and report["exit_code"] == proc.returncode == 1
+    heading = ("mimo-launch verification FAILED: world size 8, backend gloo, verified against "
+               "preset vlm_8 (verify_against)")
+    assert heading in proc.stdout
+    assert (out / "report.md").read_text().startswith(f"# {heading}\n")
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("override,fragment", [
     ("mimo.modules.language.tp=3", "power of two, got 3"),
