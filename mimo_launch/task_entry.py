@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import traceback
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -161,6 +162,45 @@ def run_rank_task(job, rank: int, local_rank: int, source: str, rendezvous,
         raise
     status.end(ENDINGS.get(code, "failed"))
     return code
+
+
+def log_to_rank_file(run_dir: Path, rank: int, keep: bool = False) -> tuple[int, int] | None:
+    """From here on, this process's stdout and stderr (file descriptors 1 and 2, so C++ and
+    child output too) go to `<run_dir>/logs/rank<rank>.log`, appended: the local launcher's
+    layout. With `keep`, returns copies of the previous descriptors for `restore_output`."""
+    path = run_dir / "logs" / f"rank{rank}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2)) if keep else None
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return saved
+
+
+def restore_output(saved: tuple[int, int]) -> None:
+    """Put back the stdout and stderr `log_to_rank_file(..., keep=True)` replaced."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for target, fd in zip((1, 2), saved):
+        os.dup2(fd, target)
+        os.close(fd)
+
+
+@contextmanager
+def rank_log(run_dir: Path, rank: int):
+    """Inside: this rank's output goes to its `logs/rank<N>.log` (an exception's traceback too),
+    then back to the console (torchrun's, where rank 0 prints the verdict)."""
+    saved = log_to_rank_file(run_dir, rank, keep=True)
+    try:
+        yield
+    except BaseException:
+        traceback.print_exc()
+        raise
+    finally:
+        restore_output(saved)
 
 
 def finish_task(rank: int, settings, run) -> int:
