@@ -70,6 +70,24 @@ def test_bad_override_exits_2_with_one_line_and_starts_nothing(tmp_path, overrid
     assert not out.exists()  # no run directory: no rank was started
 
 
+# example lines of --help that need what a test does not have (a Slurm job, your own function)
+NOT_RUNNABLE = ("RUN_DIR", "pkg.module:function")
+
+
+@pytest.mark.timeout(240)
+def test_every_runnable_example_of_help_validates_as_a_plan(tmp_path):
+    """Each `mimo-launch ...` example of --help, run with mode=plan (start nothing), exits 0."""
+    help_text = run_cli("--help", cwd=tmp_path).stdout
+    examples = [line.strip().split("  ")[0].split()[1:] for line in help_text.splitlines()
+                if line.startswith("  mimo-launch")]
+    runnable = [ex for ex in examples if not any(p in " ".join(ex) for p in NOT_RUNNABLE)]
+    assert ["mimo=single_8", "mimo.modules.language.tp=4"] in runnable and len(runnable) >= 7
+    for example in runnable:
+        plan = [] if any(a.startswith("mode=") for a in example) else ["mode=plan"]
+        proc = run_cli(*example, *plan, "plan.picture=false", cwd=tmp_path, timeout=60)
+        assert proc.returncode == 0, (example, proc.stderr)
+
+
 @pytest.mark.timeout(120)
 def test_cfg_prints_the_composed_config(tmp_path):
     proc = run_cli("--cfg", "mimo=single_8", cwd=tmp_path)
