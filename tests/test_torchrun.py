@@ -104,6 +104,16 @@ def test_a_world_of_the_wrong_size_is_refused_with_exit_2(tmp_path):
     assert not (tmp_path / "run" / "report.json").exists()
 
 
+def test_health_buffers_beyond_the_nodes_memory_are_refused_before_the_rendezvous(tmp_path):
+    (agent,) = torchrun_agents(tmp_path, f"hydra.run.dir={tmp_path / 'run'}", "check=health",
+                               "health.sizes=[100GiB]", nnodes=1, nproc=8)
+    errors = [ln for ln in agent.stdout.splitlines() if "mimo_launch.torchrun_task: error:" in ln]
+    assert len(errors) == 1 and "exitcode  : 2" in agent.stdout, agent.stdout[-3000:]
+    assert ("health.sizes: 100 GiB per message needs about 2.4e+03 GiB of host memory (3 buffers "
+            "x 8 ranks on this machine)") in errors[0]
+    assert not (tmp_path / "run" / "report.json").exists()
+
+
 def test_outside_torchrun_the_entry_point_says_how_to_start_it(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
