@@ -4,9 +4,11 @@ Each mutant below puts one small bug into the builder side (mimo_builder.py, gro
 of this process; then every preset of conf/mimo/ (but large_16k, for planning only) runs as
 `mimo-launch` would run it: `launch_local` forks real gloo ranks from this process (so they
 inherit the mutant), each builds, verifies and writes its report. A mutant is caught by a
-preset whose run does not exit 0. Prints a table (mutant, presets that caught it, their exit
-codes) and the score; exits 1 unless every mutant is caught, and also when an unmutated run
-fails (the check would mean nothing).
+preset whose run names it (`caught`): exit 1 (a mismatch), or exit 3 naming the phase and the
+rank(s) it failed in; any other non-zero exit (an unnamed failure, an interrupt, a health
+code) is listed as "not caught (exit N)". Prints a table (mutant, presets that caught it, their
+exit codes) and the score; exits 1 unless every mutant is caught, and also when an unmutated
+run fails (the check would mean nothing).
 
     make mutants                  # or: .venv/bin/python -m benchmarks.mutants [--timeout-s 5]
 """
@@ -29,6 +31,7 @@ from mimo_launch import group_factory, mimo_builder, rank_runner
 from mimo_launch.app_config import conf_dir, layout_from
 from mimo_launch.local_launcher import launch_local
 from mimo_launch.rank_runner import RankJob
+from mimo_launch.report import Report
 
 SKIPPED_PRESETS = ("large_16k",)  # planning only: 16,384 ranks
 
@@ -210,9 +213,22 @@ def presets() -> dict[str, tuple]:
     return out
 
 
-def run_preset(cfg, world: int, run_dir: Path, timeout_s: float) -> int:
-    """One run as `mimo-launch` runs it; its exit code."""
-    return launch_local(RankJob(cfg, world, str(run_dir), timeout_s=timeout_s)).exit_code
+def run_preset(cfg, world: int, run_dir: Path, timeout_s: float) -> Report:
+    """One run as `mimo-launch` runs it; its report."""
+    return launch_local(RankJob(cfg, world, str(run_dir), timeout_s=timeout_s))
+
+
+def caught(report: Report) -> str | None:
+    """How a mutant's run caught it, as the table shows it: '1' (mismatches listed) or
+    "3: phase 'P', rank(s) R" (a failure named by phase and rank); None when it did not: it
+    passed, or failed in a way that names no phase and rank or with another code."""
+    code = report.exit_code
+    if code == 1:
+        return "1"
+    if code == 3 and report.failed_phase and report.failed_ranks:
+        return (f"3: phase '{report.failed_phase}', rank(s) "
+                f"{', '.join(map(str, report.failed_ranks))}")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,31 +242,33 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [m for m in MUTANTS if not args.only or m.__name__ in args.only]
     with tempfile.TemporaryDirectory(prefix="mimo-mutants-") as tmp:
         tmp = Path(tmp)
-        clean = {name: run_preset(cfg, w, tmp / f"clean-{name}", args.timeout_s)
+        clean = {name: run_preset(cfg, w, tmp / f"clean-{name}", args.timeout_s).exit_code
                  for name, (cfg, w) in runs.items()}
-        rows, caught = [], 0
+        rows, score = [], 0
         for mutant in chosen:
-            codes = {}
+            reports = {}
             for name, (cfg, w) in runs.items():
                 with ExitStack() as stack:
                     for obj, attr, value in mutant():
                         stack.enter_context(_patched(obj, attr, value))
-                    codes[name] = run_preset(cfg, w, tmp / f"{mutant.__name__}-{name}",
-                                             args.timeout_s)
-            by = [f"{n} ({c})" for n, c in codes.items() if c != 0]
-            caught += bool(by)
+                    reports[name] = run_preset(cfg, w, tmp / f"{mutant.__name__}-{name}",
+                                               args.timeout_s)
+            by = [f"{n} ({caught(r)})" for n, r in reports.items() if caught(r)]
+            missed = [f"{n}: not caught (exit {r.exit_code})" for n, r in reports.items()
+                      if r.exit_code != 0 and not caught(r)]
+            score += bool(by)
             rows.append((mutant.__name__, (mutant.__doc__ or "").split("\n")[0],
-                         ", ".join(by) or "NOT CAUGHT"))
+                         "; ".join([", ".join(by) or "NOT CAUGHT"] + missed)))
             print(f"  {mutant.__name__}: {rows[-1][2]}", file=sys.stderr, flush=True)
     print("| mutant | bug | caught by preset (exit code) |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     failing_clean = {n: c for n, c in clean.items() if c != 0}
-    print(f"\nscore: {caught} of {len(chosen)} mutants caught, on {len(runs)} presets "
+    print(f"\nscore: {score} of {len(chosen)} mutants caught, on {len(runs)} presets "
           f"({', '.join(runs)}); unmutated runs: "
           f"{'all exit 0' if not failing_clean else failing_clean}; "
           f"{time.perf_counter() - t0:.0f} s")
-    return 0 if caught == len(chosen) and not failing_clean else 1
+    return 0 if score == len(chosen) and not failing_clean else 1
 
 
 if __name__ == "__main__":

@@ -160,14 +160,18 @@ def resolve_device(requested: str, ranks_per_machine: int) -> str:
 
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
+# The shortest timeout: it bounds the TCPStore rendezvous and every group creation too, which
+# take tens of milliseconds on an idle machine and more on a busy one; below a second a run
+# fails on its own start-up, not on a hang.
+MIN_TIMEOUT_S = 1
 
 
 def check_timeout(value, name: str = "timeout_s") -> float:
-    """`timeout_s` (or the setting `name`) as seconds: a finite number in (0, one week]."""
+    """`timeout_s` (or the setting `name`) as seconds: a finite number in [1 s, one week]."""
     if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S):
-        raise UsageError(f"{name} must be a number of seconds in (0, {MAX_TIMEOUT_S}], "
-                         f"got {value!r}")
+            or not math.isfinite(value) or not MIN_TIMEOUT_S <= value <= MAX_TIMEOUT_S):
+        raise UsageError(f"{name} must be a number of seconds in [{MIN_TIMEOUT_S}, "
+                         f"{MAX_TIMEOUT_S}], got {value!r}")
     return float(value)
 
 
@@ -194,7 +198,14 @@ def preset_layout(name: str, world_size: int) -> MimoParallelismConfig:
     if name not in presets:
         raise UsageError(f"verify_against: no mimo preset {name!r}; available: "
                          f"{', '.join(sorted(presets))}")
-    return layout_from(OmegaConf.load(presets[name])).validate(world_size)
+    node = OmegaConf.load(presets[name])
+    try:
+        return layout_from(node).validate(world_size)
+    except (MimoConfigError, UsageError) as exc:  # the preset does not fit, not the layout
+        own = node.get("world_size")
+        raise UsageError(f"verify_against={name}: the preset "
+                         f"{f'is a {own}-rank layout and ' if own else ''}does not fit this "
+                         f"run's world of {world_size} ranks ({exc})") from None
 
 
 def section(node, name: str, known: tuple[str, ...]) -> dict:
@@ -219,14 +230,30 @@ def fault_from(node, world_size: int) -> FaultSpec:
         raise UsageError(str(exc)) from None
 
 
-def health_from(cfg: DictConfig, fault: FaultSpec) -> HealthSettings | None:
+def overridden(overrides: list[str], key: str) -> list[str]:
+    """The command-line overrides that set `key` or a key under it (`key.x=`, `+key.x=`,
+    `~key.x`...), as given."""
+    found = []
+    for override in overrides:
+        name = override.lstrip("+~").split("=", 1)[0].strip()
+        if name == key or name.startswith(f"{key}."):
+            found.append(override)
+    return found
+
+
+def health_from(cfg: DictConfig, fault: FaultSpec,
+                overrides: list[str] = ()) -> HealthSettings | None:
     """`check` and the `health` node as HealthSettings (None for check=verify); a slow-rank
-    fault needs check=health, the only stage it acts in."""
+    fault and `health.*` overrides need check=health, the only stage they act in (refused
+    otherwise, as every setting that would silently do nothing)."""
     try:
         health = health_settings(cfg.get("check", "verify"),
                                  section(cfg.get("health"), "health", HEALTH_KEYS))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    inert = overridden(list(overrides), "health")
+    if inert and health is None:
+        raise UsageError(f"{inert[0]} acts in the health stage only: add check=health")
     if fault.slow_rank is not None and health is None:
         raise UsageError("fault.slow_rank acts in the health stage only: add check=health")
     if fault.active and fault.phase == HEALTH_PHASE and health is None:
@@ -294,7 +321,7 @@ def load_settings(overrides: list[str]) -> LaunchSettings:
                              f"{list(expected.module_parallelisms)} differ from the layout's "
                              f"{list(layout.module_parallelisms)}")
     fault = fault_from(cfg.get("fault"), world)
-    health = health_from(cfg, fault)
+    health = health_from(cfg, fault, overrides)
     plan = plan_from(cfg.get("plan"), world)
     entrypoint, entrypoint_dir = entrypoint_from(cfg.get("entrypoint"))
     if fault.phase == ENTRYPOINT_PHASE and fault.active and not entrypoint:

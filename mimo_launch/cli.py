@@ -22,7 +22,8 @@ Bring up the process groups of a MIMO layout, verify them and print the report.
 Overrides are Hydra's, e.g.:
   mimo-launch                                   the default 8-rank layout, locally on CPU
   mimo-launch mimo=vlm_16                       another preset (conf/mimo/*.yaml)
-  mimo-launch mimo.modules.language.tp=4        change one field
+  mimo-launch mimo=single_8 mimo.modules.language.tp=4
+                                                change one field (here TP4 PP2, DP derived: 1)
   mimo-launch timeout_s=120 hydra.run.dir=out   timeouts and the output directory
   mimo-launch --cfg                             print the composed config and exit
   mimo-launch mode=plan plan.rank=5             print the layout and rank 5's groups; start

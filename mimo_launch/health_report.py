@@ -4,10 +4,12 @@ From every rank's timings (`health.py` records) rank 0 computes, per group (or p
 time (each member's mean iteration, then the slowest member's), algbw = size /
 time and busbw = algbw x 2(n-1)/n (all-reduce), x (n-1)/n (all-gather, reduce-scatter), x 1
 (send/recv), as nccl-tests' doc/PERFORMANCE.md defines them (GB/s = 1e9 bytes/s). Groups are
-compared within their row: the same kind, op, size and number of ranks, and the same side
-of the node boundary (intra-node and inter-node groups differ by design); send/recv links of
-pipelines and module boundaries are compared together. At each kind's largest size, a group compared
-with at least one other whose busbw is below `threshold` x their median is a suspect. Ranks
+compared within their row, which is what "their kind's median" means in the report (SPEC
+section 6: the median of their kind): the same kind, op, size and number of ranks, and the same
+side of the node boundary (intra-node and inter-node groups differ by design); pipeline (`pp`)
+and module-boundary (`boundary`) links are separate kinds, each compared with its own median, as
+the table shows it. At each kind's largest size, a group compared with at least one other whose
+busbw is below `threshold` x its row's median is a suspect. Ranks
 and nodes are blamed for suspect groups as `_blamed` says; a health problem (exit 4) is a
 blamed rank or node: one group alone below the threshold, on a busy CPU or a shared fabric,
 is reported but is not a verdict. No torch here: the launcher and the report use it too.
@@ -60,29 +62,19 @@ def _row_key(group: dict) -> tuple:
     return group["kind"], group["op"], group["size"], group["where"], len(group["ranks"])
 
 
-def _compare_key(group: dict) -> tuple:
-    """What a group is compared with: its row; every send/recv link (pipeline or module
-    boundary: the same transfer) of its size and side together."""
-    if group["op"] == SEND_RECV:
-        return "p2p", SEND_RECV, group["size"], group["where"], 2
-    return _row_key(group)
-
-
 def analyse(records: list[dict], hosts: list[str], threshold: float) -> dict:
     """The report's `health` section (without the settings): `rows` (per kind, op, size, side
     and ranks per group `n`: group count and busbw min/median/max), `groups` (each with
-    `ratio` to the median it is compared with, `judged` and `suspect`), `suspects` (groups as
+    `ratio` to its row's `busbw_median`, `judged` and `suspect`), `suspects` (groups as
     text, blamed ranks and nodes, with their scores in `rank_scores` / `node_scores`),
     `problem` and a one-line `headline`."""
     groups = join_groups(records, hosts)
     rows: dict[tuple, list[dict]] = {}
-    compared: dict[tuple, list[dict]] = {}
     largest = {}
     for g in groups:
         rows.setdefault(_row_key(g), []).append(g)
-        compared.setdefault(_compare_key(g), []).append(g)
         largest[(g["kind"], g["op"])] = max(g["size"], largest.get((g["kind"], g["op"]), 0))
-    for members in compared.values():
+    for members in rows.values():  # each group against its row's (its kind's) median
         median = statistics.median(g["busbw"] for g in members)
         for g in members:
             g["ratio"] = g["busbw"] / median if median > 0 else 1.0

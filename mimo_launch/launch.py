@@ -15,7 +15,8 @@ def rank_job(settings: LaunchSettings) -> RankJob:
                    fault=settings.fault, entrypoint=settings.entrypoint,
                    entrypoint_dir=settings.entrypoint_dir,
                    entrypoint_timeout_s=settings.entrypoint_timeout_s,
-                   health=settings.health)
+                   health=settings.health,
+                   verify_against=settings.config.get("verify_against") or None)
 
 
 def check_local_allocation(settings: LaunchSettings) -> None:
@@ -29,6 +30,7 @@ def check_local_allocation(settings: LaunchSettings) -> None:
     if nproc is not None and nproc != settings.world_size:
         raise UsageError(f"cluster.nproc={nproc} ranks but the layout's world size is "
                          f"{settings.world_size}")
+    check_health_memory(settings, settings.world_size)
     if settings.device == "cuda":
         from .app_config import gpu_count
 
@@ -36,6 +38,17 @@ def check_local_allocation(settings: LaunchSettings) -> None:
         if gpus < settings.world_size:
             raise UsageError(f"the layout needs {settings.world_size} GPUs (one per rank) but "
                              f"this machine has {gpus}")
+
+
+def check_health_memory(settings: LaunchSettings, ranks: int) -> None:
+    """check=health on CPU: the buffers of `ranks` ranks on this machine must fit its memory
+    (`health_config.check_memory`); UsageError (one line) otherwise."""
+    from .health_config import check_memory
+
+    try:
+        check_memory(settings.health, "nccl" if settings.device == "cuda" else "gloo", ranks)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def launch(settings: LaunchSettings) -> int:

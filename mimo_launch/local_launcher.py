@@ -280,7 +280,7 @@ def _failure_report(job: RankJob, run: LocalRun, partial: Report | None) -> Repo
             message += f"\nlast lines of {log_path(run_dir, rank)}:\n{log_tail}"
     report = partial or Report(passed=False, world_size=job.world_size, backend=job.backend,
                                modules=module_summary(job.layout.validate(job.world_size)),
-                               entrypoint=job.entrypoint)
+                               entrypoint=job.entrypoint, verify_against=job.verify_against)
     record_failure(report, message, diagnosis.phase, diagnosis.ranks)
     report.interrupted = run.interrupted is not None
     report.interrupted_by = run.interrupted

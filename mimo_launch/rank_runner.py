@@ -31,7 +31,8 @@ from .verify import verify
 class RankJob:
     """Everything a rank needs to run; picklable, so Slurm tasks receive it as is.
 
-    `expected` verifies against another layout than the one built (to show the verifier fails);
+    `expected` verifies against another layout than the one built (to show the verifier fails),
+    the preset `verify_against` (recorded in the report);
     `fault` makes one rank die or hang in one phase (rehearsals and tests); `entrypoint`
     ('pkg.module:function', resolved from `entrypoint_dir` first) runs after a passing
     verification, each rank's call bounded by `entrypoint_timeout_s`; `health` (check=health)
@@ -49,6 +50,7 @@ class RankJob:
     entrypoint_dir: str | None = None
     entrypoint_timeout_s: float = 600.0
     health: HealthSettings | None = None
+    verify_against: str | None = None  # the preset `expected` comes from, for the report
 
     @property
     def stages_bound_s(self) -> float:
@@ -135,7 +137,8 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None)
         mismatches=[vars(m) for m in verdict.mismatches], timings=report_timings(tracker),
         modules=module_summary(layout), hosts=verdict.hosts,
         new_group_calls=groups.new_group_calls, member_new_group_calls=groups.member_calls,
-        entrypoint=job.entrypoint, skipped_checks=verdict.skipped)
+        entrypoint=job.entrypoint, skipped_checks=verdict.skipped,
+        verify_against=job.verify_against)
     if rank == 0:
         write_report(Path(job.run_dir), report)
     if verdict.passed and job.health is not None:
@@ -171,7 +174,8 @@ def _write_failure(job: RankJob, tracker: PhaseTracker, layout, exc: BaseExcepti
     after_verify = tracker.current in (HEALTH_PHASE, ENTRYPOINT_PHASE)
     report = read_report(run_dir) if after_verify else None
     report = report or Report(passed=False, world_size=job.world_size, backend=job.backend,
-                              modules=module_summary(layout), entrypoint=job.entrypoint)
+                              modules=module_summary(layout), entrypoint=job.entrypoint,
+                              verify_against=job.verify_against)
     report.timings = report_timings(tracker)
     ranks = getattr(exc, "missing", None) or ([0] if after_verify else [])
     write_report(run_dir, record_failure(report, str(exc), tracker.current, ranks))

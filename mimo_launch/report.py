@@ -41,6 +41,7 @@ class Report:
     entrypoint_finished: bool = False  # it returned on every rank
     health: dict | None = None  # check=health: the health stage's section (health_stage.py)
     skipped_checks: dict[str, str] = field(default_factory=dict)  # check -> why it was not done
+    verify_against: str | None = None  # the preset verified against instead of the layout run
 
     @property
     def awaiting_entrypoint(self) -> bool:
@@ -68,7 +69,9 @@ class Report:
         return bool(self.health and self.health.get("problem") and self.health.get("fail"))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, and `exit_code` (what `mimo-launch` exits with; under torchrun the
+        shell sees torchrun's own 0 or 1, so this is where the report's code is kept)."""
+        return asdict(self) | {"exit_code": self.exit_code}
 
     @classmethod
     def from_dict(cls, data: dict) -> Report:
@@ -127,8 +130,10 @@ def verdict_line(report: Report) -> str:
         verdict = "PASSED, entry point FAILED"
     if report.failed_phase == TEARDOWN_PHASE and not report.mismatches:
         verdict = "PASSED, teardown FAILED"
+    against = (f", verified against preset {report.verify_against} (verify_against)"
+               if report.verify_against else "")
     return (f"mimo-launch verification {verdict}: world size {report.world_size}, "
-            f"backend {report.backend}")
+            f"backend {report.backend}{against}")
 
 
 def module_checks(report: Report) -> dict[str, dict[str, int]]:

@@ -104,7 +104,7 @@ def run_task(job) -> int:
 
     Raises on failure, like run_rank. The allocation must have `job.world_size` tasks.
     """
-    from .task_entry import run_rank_task
+    from .task_entry import log_to_rank_file, run_rank_task
 
     me = slurm_rank()
     if me.world_size != job.world_size:
@@ -120,20 +120,6 @@ def run_task(job) -> int:
     return run_rank_task(job, me.rank, me.local_rank, "Slurm",
                          lambda: rendezvous_store(me, job.timeout_s),
                          (me.master_addr, me.master_port))
-
-
-def log_to_rank_file(run_dir: Path, rank: int) -> None:
-    """From here on, this process's stdout and stderr (file descriptors 1 and 2, so C++ and
-    child output too) go to `<run_dir>/logs/rank<rank>.log`, appended: the local launcher's
-    layout. srun's own messages stay in the job's batch log."""
-    path = run_dir / "logs" / f"rank{rank}.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
 
 
 def rendezvous_store(me: SlurmRank, timeout_s: float):

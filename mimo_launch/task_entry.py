@@ -15,6 +15,8 @@ import signal
 import sys
 import threading
 import traceback
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -43,10 +45,12 @@ def task_device(requested: str) -> str:
     return "cuda" if gpu_count() else "cpu"
 
 
-def task_settings(prog: str, is_rank0: bool, overrides: list[str], tasks, started: str):
+def task_settings(prog: str, is_rank0: bool, overrides: list[str], tasks, started: str,
+                  ranks_on_node: int | None = None):
     """(settings, device) for this task, or EXIT_USAGE after rank 0 printed one line: the
     overrides do not compose or validate, or the `tasks` the launcher started (`started` says
-    which variable told) are not the layout's world size. EXIT_FAILURE when the launcher
+    which variable told) are not the layout's world size, or (given `ranks_on_node`) the health
+    stage's buffers of that many ranks do not fit this node's memory. EXIT_FAILURE when the launcher
     stopped the task (SIGTERM) while the config was composed and it was valid.
 
     SIGTERM is held meanwhile: the first task to refuse makes srun or torchrun stop the others,
@@ -64,6 +68,10 @@ def task_settings(prog: str, is_rank0: bool, overrides: list[str], tasks, starte
     try:
         settings = load_settings(overrides)
         device = task_device(settings.device)
+        if ranks_on_node:
+            from .launch import check_health_memory
+
+            check_health_memory(replace(settings, device=device), ranks_on_node)
     except (UsageError, MimoConfigError, ValueError) as exc:
         return usage(str(exc))
     finally:
@@ -130,7 +138,7 @@ class StopOnSigterm:
         report = report or Report(
             passed=False, world_size=self.job.world_size, backend=self.job.backend,
             modules=module_summary(self.job.layout.validate(self.job.world_size)),
-            entrypoint=self.job.entrypoint)
+            entrypoint=self.job.entrypoint, verify_against=self.job.verify_against)
         write_report(run_dir, record_failure(report, found.message, found.phase, found.ranks))
 
 
@@ -154,6 +162,45 @@ def run_rank_task(job, rank: int, local_rank: int, source: str, rendezvous,
         raise
     status.end(ENDINGS.get(code, "failed"))
     return code
+
+
+def log_to_rank_file(run_dir: Path, rank: int, keep: bool = False) -> tuple[int, int] | None:
+    """From here on, this process's stdout and stderr (file descriptors 1 and 2, so C++ and
+    child output too) go to `<run_dir>/logs/rank<rank>.log`, appended: the local launcher's
+    layout. With `keep`, returns copies of the previous descriptors for `restore_output`."""
+    path = run_dir / "logs" / f"rank{rank}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2)) if keep else None
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return saved
+
+
+def restore_output(saved: tuple[int, int]) -> None:
+    """Put back the stdout and stderr `log_to_rank_file(..., keep=True)` replaced."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for target, fd in zip((1, 2), saved):
+        os.dup2(fd, target)
+        os.close(fd)
+
+
+@contextmanager
+def rank_log(run_dir: Path, rank: int):
+    """Inside: this rank's output goes to its `logs/rank<N>.log` (an exception's traceback too),
+    then back to the console (torchrun's, where rank 0 prints the verdict)."""
+    saved = log_to_rank_file(run_dir, rank, keep=True)
+    try:
+        yield
+    except BaseException:
+        traceback.print_exc()
+        raise
+    finally:
+        restore_output(saved)
 
 
 def finish_task(rank: int, settings, run) -> int:

@@ -10,8 +10,10 @@ store, else rank 0 hosts one on MASTER_ADDR:MASTER_PORT), then runs the same per
 the other launchers (`rank_runner.run_rank`). Rank 0 writes report.json and prints the verdict.
 
 `hydra.run.dir` must be the same on every node; the default is `outputs/torchrun-<run id>`
-(torchrun's `--rdzv-id`). Exit codes: rank 0 the report's (0 pass, 1 mismatch), other ranks 0
-once done; 2 bad input; 3 a failure, on every rank. When torchrun stops the workers (SIGTERM,
+(torchrun's `--rdzv-id`). Each worker's output goes to `<run dir>/logs/rank<N>.log` while it
+runs (`task_entry.rank_log`). Exit codes: rank 0 the report's (0 pass, 1 mismatch, 4 a health
+problem), other ranks 0 once done; 2 bad input; 3 a failure, on every rank. torchrun itself
+exits 0 or 1; report.json keeps the report's `exit_code`. When torchrun stops the workers (SIGTERM,
 after one of them failed) rank 0 first writes its diagnosis to report.json, as on Slurm.
 """
 
@@ -66,6 +68,12 @@ def rendezvous_store(timeout_s: float):
     return store
 
 
+def _local_world_size() -> int:
+    """Workers on this node (torchrun's LOCAL_WORLD_SIZE; 1 where it is not a number)."""
+    value = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """The torchrun entry point (see the module docstring); returns the worker's exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -79,11 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     if not any(a.startswith("hydra.run.dir=") for a in args):
         args.append(f"hydra.run.dir=outputs/torchrun-{me.run_id}")
     from .launch import rank_job
-    from .task_entry import finish_task, run_rank_task, task_settings
+    from .task_entry import finish_task, rank_log, run_rank_task, task_settings
 
     found = task_settings(PROG, me.rank == 0, args, me.world_size,
                           f"torchrun started {me.world_size} workers (WORLD_SIZE: nnodes x "
-                          f"nproc-per-node)")
+                          f"nproc-per-node)",
+                          ranks_on_node=_local_world_size())
     if isinstance(found, int):
         return found
     settings, device = found
@@ -96,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     job = replace(rank_job(settings), device=device)
 
     def run() -> int:
-        return run_rank_task(job, me.rank, me.local_rank, "torchrun",
-                             lambda: rendezvous_store(job.timeout_s),
-                             (me.master_addr, me.master_port))
+        with rank_log(settings.run_dir, me.rank):  # as the other launchers' ranks
+            return run_rank_task(job, me.rank, me.local_rank, "torchrun",
+                                 lambda: rendezvous_store(job.timeout_s),
+                                 (me.master_addr, me.master_port))
 
     code = finish_task(me.rank, settings, run)
     if me.rank == 0:

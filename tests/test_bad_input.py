@@ -53,6 +53,11 @@ CASES = {
     "entry point fault without one": (["fault.hang_rank=1", "fault.phase=entrypoint"],
                                       ["fault.phase=entrypoint needs an entrypoint"]),
     "timeout infinite": (["timeout_s=inf"], ["timeout_s", "inf"]),
+    "timeout below a second": (["timeout_s=1e-4"],
+                               ["timeout_s must be a number of seconds in [1, 604800]",
+                                "got 0.0001"]),
+    "entry point timeout below a second": (["entrypoint_timeout_s=0.5"],
+                                           ["entrypoint_timeout_s must be", "got 0.5"]),
     "fault not a mapping": (["fault=3"], ["fault must be a mapping", "3"]),
     "plan not a mapping": (["plan=5"], ["plan must be a mapping", "5"]),
     "special tokens not a mapping": (["mimo.special_token_ids=5"],
@@ -63,6 +68,10 @@ CASES = {
     "fault with an unknown phase": (["fault.hang_rank=1", "fault.phase=train"],
                                     ["fault.phase", "'train'"]),
     "verify against an unknown preset": (["verify_against=nope"], ["verify_against", "'nope'"]),
+    "verify against a preset of another world size": (
+        ["verify_against=vlm_16"],
+        ["verify_against=vlm_16: the preset is a 16-rank layout and does not fit this run's "
+         "world of 8 ranks ("]),
     "unknown mode": (["mode=bogus"], ["mode", "'bogus'"]),
     "switch not a boolean": (["dry_run=maybe"], ["dry_run must be true or false", "'maybe'"]),
     "switch a number other than 0/1": (["wait=2"], ["wait must be true or false", "got 2"]),

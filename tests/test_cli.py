@@ -43,6 +43,17 @@ def test_a_failed_verification_exits_1_and_lists_mismatches(mismatch_run):
     assert "FAILED" in proc.stdout and "rank 0 module vision group dp" in proc.stdout
 
 
+@pytest.mark.timeout(240)
+def test_the_preset_verified_against_and_the_exit_code_are_in_the_report(mismatch_run):
+    proc, out = mismatch_run
+    report = json.loads((out / "report.json").read_text())
+    assert report["verify_against"] == "vlm_8" and report["exit_code"] == proc.returncode == 1
+    heading = ("mimo-launch verification FAILED: world size 8, backend gloo, verified against "
+               "preset vlm_8 (verify_against)")
+    assert heading in proc.stdout
+    assert (out / "report.md").read_text().startswith(f"# {heading}\n")
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("override,fragment", [
     ("mimo.modules.language.tp=3", "power of two, got 3"),
@@ -57,6 +68,24 @@ def test_bad_override_exits_2_with_one_line_and_starts_nothing(tmp_path, overrid
     assert len(lines) == 1 and fragment in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert not out.exists()  # no run directory: no rank was started
+
+
+# example lines of --help that need what a test does not have (a Slurm job, your own function)
+NOT_RUNNABLE = ("RUN_DIR", "pkg.module:function")
+
+
+@pytest.mark.timeout(240)
+def test_every_runnable_example_of_help_validates_as_a_plan(tmp_path):
+    """Each `mimo-launch ...` example of --help, run with mode=plan (start nothing), exits 0."""
+    help_text = run_cli("--help", cwd=tmp_path).stdout
+    examples = [line.strip().split("  ")[0].split()[1:] for line in help_text.splitlines()
+                if line.startswith("  mimo-launch")]
+    runnable = [ex for ex in examples if not any(p in " ".join(ex) for p in NOT_RUNNABLE)]
+    assert ["mimo=single_8", "mimo.modules.language.tp=4"] in runnable and len(runnable) >= 7
+    for example in runnable:
+        plan = [] if any(a.startswith("mode=") for a in example) else ["mode=plan"]
+        proc = run_cli(*example, *plan, "plan.picture=false", cwd=tmp_path, timeout=60)
+        assert proc.returncode == 0, (example, proc.stderr)
 
 
 @pytest.mark.timeout(120)

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import layout, run_cli
 from mimo_launch.health import boundary_links, measured_kinds, pipeline_links, plan_steps
+from mimo_launch.health_config import MIB, check_memory, health_settings
 from mimo_launch.health_report import analyse, bus_factor, join_groups
 
 # ---- the numbers, by nccl-tests' conventions, on timings written by hand ---------------------
@@ -97,6 +98,23 @@ def test_only_the_largest_size_is_judged_and_a_lone_group_never_is():
                                 _rec("dp", "all_reduce", [2, 3], [0.001])], ["a"] * 4, 0.7)
     assert not health["problem"] and health["suspects"]["groups"] == []
     assert health["headline"].startswith("health OK")
+
+
+def test_pipeline_and_boundary_links_are_each_judged_against_their_own_kinds_median():
+    # boundary links are 2.5x slower than pipeline links by design (another module's ranks):
+    # against a median of both kinds together they would all be suspects
+    records = [_rec("pp", "send_recv", r, [0.001]) for r in ([4, 5], [6, 7])]
+    records += [_rec("boundary", "send_recv", r, [0.0025]) for r in ([0, 4], [2, 6])]
+    health = analyse(records, ["a"] * 8, 0.7)
+    assert health["suspects"]["groups"] == [] and not health["problem"]
+    # a slow pipeline link: its ratio is to the pp row's median, the one the table shows
+    records += [_rec("pp", "send_recv", [8, 9], [0.004])]
+    health = analyse(records, ["a"] * 10, 0.7)
+    pp_row = next(r for r in health["rows"] if r["kind"] == "pp")
+    assert pp_row["busbw_median"] == pytest.approx(1.0)  # links at 1, 1 and 0.25 GB/s
+    (slow,) = [g for g in health["groups"] if g["suspect"]]
+    assert slow["ranks"] == [8, 9] and slow["ratio"] == pytest.approx(0.25)
+    assert health["suspects"]["groups"] == ["m pp send_recv ranks 8-9: 0.25 GB/s (0.25x median)"]
 
 
 # ---- what is measured: kinds, pipelines, module boundaries -----------------------------------
@@ -195,6 +213,15 @@ def test_a_rank_that_dies_in_the_health_stage_is_named_and_verification_kept(tmp
     assert report["health"] is None
 
 
+def test_the_health_buffers_must_fit_the_memory_of_the_machines_ranks():
+    settings = health_settings("health", {"sizes": ["1MiB", "64KiB"]})
+    check_memory(settings, "gloo", 8, available=3 * 8 * MIB)  # 3 buffers x 1 MiB x 8 ranks
+    with pytest.raises(ValueError, match=r"needs about 0.0234 GiB .*\(3 buffers x 8 ranks"):
+        check_memory(settings, "gloo", 8, available=3 * 8 * MIB - 1)
+    check_memory(settings, "nccl", 8, available=0)  # GPU memory is each rank's own GPU's
+    check_memory(None, "gloo", 8, available=0)  # check=verify allocates nothing
+
+
 @pytest.mark.parametrize("args,message", [
     (["check=helth"], "check must be one of verify, health, got 'helth'"),
     (["check=health", "health.threshold=2"], "health.threshold must be a number in (0, 1], got 2"),
@@ -207,6 +234,18 @@ def test_a_rank_that_dies_in_the_health_stage_is_named_and_verification_kept(tmp
     (["fault.kill_rank=3", "fault.phase=health"],
      "fault.phase=health needs check=health (no health phase otherwise)"),
     (["check=health", "+health.colour=red"], "health: unknown key(s) colour"),
+    (["check=health", "health.sizes=[5]"], "health.sizes: 5 is below the floor of 64KiB"),
+    (["check=health", "health.sizes=[65538]"],
+     "health.sizes: 65538 is not a multiple of 4 bytes (whole float32 elements)"),
+    (["check=health", "health.sizes=[1MiB,64KiB,1MiB]"],
+     "health.sizes: 1048576 bytes given more than once"),
+    (["check=health", "health.sizes=[100GiB]"],
+     "health.sizes: 100 GiB per message needs about 2.4e+03 GiB of host memory (3 buffers x 8 "
+     "ranks on this machine)"),
+    (["health.sizes=[1MiB]"],
+     "health.sizes=[1MiB] acts in the health stage only: add check=health"),
+    (["++health.fail=false"],
+     "++health.fail=false acts in the health stage only: add check=health"),
 ])
 def test_bad_health_input_is_one_line_and_exit_2(args, message, tmp_path):
     proc = run_cli(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=60)

@@ -58,6 +58,8 @@ def test_two_agents_pass_the_default_layout(tmp_path):
     assert list(report["modules"]) == ["vision", "language"]
     assert "verification PASSED" in logs
     assert (out / "report.md").is_file()
+    # every worker keeps its own log, as the local launcher's and Slurm's ranks do
+    assert sorted(p.name for p in (out / "logs").iterdir()) == [f"rank{r}.log" for r in range(8)]
 
 
 def test_a_killed_worker_is_named_and_every_worker_exits_3(tmp_path):
@@ -71,6 +73,22 @@ def test_a_killed_worker_is_named_and_every_worker_exits_3(tmp_path):
     assert report["failed_ranks"] == [5] and report["failed_phase"] == "grids", report
     assert "exitcode  : 3" in logs  # torchrun's summary: the workers' own failure code
     assert "rank      : 5" in logs and "(SIGKILL)" in logs
+    # a surviving worker's failure is in its own log, traceback and all
+    rank0 = (out / "logs" / "rank0.log").read_text()
+    assert "Traceback" in rank0 and "rank(s) 5" in rank0, rank0[-2000:]
+
+
+def test_a_health_problem_is_exit_4_in_rank_0s_report_and_1_for_the_shell(tmp_path):
+    out = tmp_path / "run"
+    # one agent: with two, the one whose workers all exit 0 would wait in torchrun's exit
+    # barrier (300 s) for the agent whose rank 0 exited 4
+    (agent,) = torchrun_agents(tmp_path, f"hydra.run.dir={out}", "check=health",
+                               "fault.slow_rank=5", "fault.slow_factor=4", nnodes=1, nproc=8)
+    report = json.loads((out / "report.json").read_text())
+    # the shell sees torchrun's status (1: a worker failed), the worker's code is rank 0's 4
+    assert agent.returncode == 1 and "exitcode  : 4" in agent.stdout, agent.stdout[-3000:]
+    assert report["exit_code"] == 4 and report["health"]["problem"] is True
+    assert 5 in report["health"]["suspects"]["ranks"], report["health"]["suspects"]
 
 
 def test_a_world_of_the_wrong_size_is_refused_with_exit_2(tmp_path):
@@ -83,6 +101,16 @@ def test_a_world_of_the_wrong_size_is_refused_with_exit_2(tmp_path):
     assert "exitcode  : 2" in log
     # torchrun prints its own ChildFailedError traceback; none comes from a worker
     assert not [ln for ln in log.splitlines() if 'File "' in ln and "mimo_launch" in ln]
+    assert not (tmp_path / "run" / "report.json").exists()
+
+
+def test_health_buffers_beyond_the_nodes_memory_are_refused_before_the_rendezvous(tmp_path):
+    (agent,) = torchrun_agents(tmp_path, f"hydra.run.dir={tmp_path / 'run'}", "check=health",
+                               "health.sizes=[100GiB]", nnodes=1, nproc=8)
+    errors = [ln for ln in agent.stdout.splitlines() if "mimo_launch.torchrun_task: error:" in ln]
+    assert len(errors) == 1 and "exitcode  : 2" in agent.stdout, agent.stdout[-3000:]
+    assert ("health.sizes: 100 GiB per message needs about 2.4e+03 GiB of host memory (3 buffers "
+            "x 8 ranks on this machine)") in errors[0]
     assert not (tmp_path / "run" / "report.json").exists()
 
 

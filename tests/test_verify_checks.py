@@ -204,6 +204,27 @@ def test_every_mutant_of_the_mutation_check_patches_a_member_that_exists():
             assert getattr(obj, attr) is not value, mutant.__name__
 
 
+def test_a_mutant_is_caught_only_by_a_mismatch_or_a_failure_named_by_phase_and_rank():
+    """`make mutants` counts exit 1 and a named exit 3; an exit 3 that names no rank, an
+    interrupt or a health code is 'not caught', as a pass is."""
+    from benchmarks.mutants import caught
+    from mimo_launch.report import Report, record_failure
+
+    def report(**fields):
+        return Report(passed=False, world_size=8, backend="gloo", **fields)
+
+    assert caught(report(mismatches=[{"rank": 0}])) == "1"
+    named = record_failure(report(), "rank(s) 3 did not finish", "verify", [3])
+    assert caught(named) == "3: phase 'verify', rank(s) 3"
+    assert caught(record_failure(report(), "the job failed", "verify", [])) is None
+    assert caught(record_failure(report(), "rank 2 died", None, [2])) is None
+    assert caught(report(interrupted=True, interrupted_by="SIGTERM")) is None  # exit 143
+    health = Report(passed=True, world_size=8, backend="gloo",
+                    health={"problem": True, "fail": True})
+    assert health.exit_code == 4 and caught(health) is None
+    assert caught(Report(passed=True, world_size=8, backend="gloo")) is None
+
+
 def test_member_list_fingerprints_equal_the_oracles_row_fingerprints():
     """The two sides encode a group the same way: lists in any order, ragged, absent."""
     from mimo_launch import fingerprint as fpr
