@@ -168,7 +168,7 @@ def _single(cfg: DictConfig) -> LaunchSettings:
 
 
 def _sweep_point(cfg: DictConfig) -> int:
-    from .interrupts import Interrupted, held
+    from .interrupts import Interrupted, held, held_in_last_run
 
     hc = HydraConfig.get()
     if _App.sweep is None:  # a primary config without LaunchCallback
@@ -191,6 +191,7 @@ def _sweep_point(cfg: DictConfig) -> int:
         code = _execute(settings)
     with held() as came:  # the point is recorded whole
         _App.sweep.record(point, code, time.monotonic() - start, error)
+    came = held_in_last_run() + came  # held after the verdict: it stood, the sweep stops
     signum = came[0] if came else code - 128 if code > 128 else None
     if signum is not None:  # interrupted: stop the sweep here
         raise KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
