@@ -104,6 +104,11 @@ class _Refused(BaseException):
     report): the sweep directory could not be claimed."""
 
 
+class _BrokenPipe(BaseException):
+    """Carries a BrokenPipeError (`mimo-launch mode=plan | head`) past Hydra's job runner,
+    which would report it as the job's error, to `cli.entry`, which stops quietly."""
+
+
 class LaunchCallback(Callback):
     """Registered in `conf/config.yaml` (`hydra.callbacks`): validation and claims that must
     come before Hydra creates any directory. Hydra turns a callback's exception into a
@@ -151,6 +156,8 @@ def task(cfg: DictConfig) -> int:
             _App.code = _error(str(_App.refused), getattr(_App.refused, "hint", None))
         else:
             _App.code = _execute(_App.settings or _single(cfg))
+    except BrokenPipeError:
+        raise _BrokenPipe() from None
     finally:
         os.environ["HYDRA_FULL_ERROR"] = "1"
     return _App.code
@@ -264,11 +271,15 @@ def run(args: list[str]) -> int:
     except (UsageError, MimoConfigError, ValueError) as exc:
         _App.release_stderr()
         code = _error(str(exc).splitlines()[0], getattr(exc, "hint", None))
+    except _BrokenPipe:
+        raise BrokenPipeError() from None
     except _Refused:
         code = _error(str(_App.refused), getattr(_App.refused, "hint", None))
     except KeyboardInterrupt as exc:
         _App.release_stderr()
-        if _App.sweep is None or not _App.sweep.points:
+        if _App.sweep is None or not _App.sweep.points:  # nothing to summarise
+            if _App.sweep is not None:
+                _App.sweep.release_if_empty()
             raise
         interrupted = exit_code(signal_of(exc))
         code = interrupted
