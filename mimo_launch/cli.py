@@ -4,6 +4,8 @@ Exit codes: 0 verification passed; 1 a mismatch; 2 bad input (nothing was starte
 3 a failure while running (a rank died or hung, a job failed); 4 a communication-health
 problem (check=health); 5 a Slurm job still pending after cluster.pending_timeout_min
 (cancelled); 130/143/129 interrupted by SIGINT (Ctrl-C)/SIGTERM/SIGHUP (`interrupts.py`).
+A sweep (`-m`) exits with its worst point's code (`sweep.py`). The command line is Hydra's
+(`hydra_app.py`), but for `mimo-launch collect RUN_DIR`.
 """
 
 from __future__ import annotations
