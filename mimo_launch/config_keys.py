@@ -163,7 +163,7 @@ def suggest_for_path(path: str) -> str | None:
             return None
         if schema == "cluster":
             known = sorted({f.name for s in SCHEMAS.values() for f in dataclasses.fields(s)})
-            return closest(part, known) if last else None
+            return closest(part, known) if last and part not in known else None
         if schema == "modules":  # any module name, then a module's keys
             schema = ModuleKeys
             continue

@@ -57,6 +57,14 @@ def test_worst_exit_code_by_severity():
 
 
 @pytest.mark.timeout(120)
+def test_a_point_hydra_cannot_compose_refuses_the_whole_sweep_and_leaves_nothing(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli("-m", "mimo=vlm_8,nope", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert "Could not find 'mimo/nope'" in _one_error_line(proc)
+    assert "sweep point" not in proc.stdout and not sweep_dir.exists()
+
+
+@pytest.mark.timeout(120)
 def test_a_sweep_dir_holding_an_earlier_sweep_is_refused_before_any_point(tmp_path):
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
