@@ -4,6 +4,7 @@ Every test runs the real console script (conftest.run_cli); sweeps run real 8-ra
 
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -228,3 +229,20 @@ def test_hydras_flags_work_as_hydra_documents_them(tmp_path):
     missing = run_cli("-cn", "nope", cwd=tmp_path)
     assert "Cannot find primary config 'nope'" in _one_error_line(missing)
     assert list(tmp_path.iterdir()) == []  # none of them made a directory
+
+
+# --- a sweep on the local Slurm (each point one job through mimo-launch's Slurm launcher) ----
+
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+def test_a_sweep_on_the_local_slurm_runs_one_job_per_point(slurm_cluster, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli("-m", "cluster=local_slurm", "fault.kill_rank=null,3", "fault.phase=grids",
+                   "timeout_s=20", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=280)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    points = json.loads((sweep_dir / "sweep.json").read_text())["points"]
+    assert [(p["exit_code"], p["verdict"]) for p in points] == [(0, "passed"), (3, "failure")]
+    assert len(set(re.findall(r"submitted job (\d+)", proc.stdout))) == 2, proc.stdout
+    failed = json.loads((sweep_dir / "1" / "report.json").read_text())
+    assert failed["failed_ranks"] == [3] and failed["failed_phase"] == "grids"
+    assert json.loads((sweep_dir / "0" / "report.json").read_text())["passed"] is True
