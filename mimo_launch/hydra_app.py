@@ -100,8 +100,9 @@ def _with_hydra(cfg: DictConfig) -> DictConfig:
 
 
 class _Refused(BaseException):
-    """Stops a sweep from inside Hydra (which turns an Exception from a job into its own
-    report): the sweep directory could not be claimed."""
+    """Bad input found inside Hydra (`_App.refused` says what): a BaseException, so that it
+    passes Hydra's handlers of a callback's or a job's Exception, which would warn or report
+    it and go on."""
 
 
 class _BrokenPipe(BaseException):
@@ -111,8 +112,9 @@ class _BrokenPipe(BaseException):
 
 class LaunchCallback(Callback):
     """Registered in `conf/config.yaml` (`hydra.callbacks`): validation and claims that must
-    come before Hydra creates any directory. Hydra turns a callback's exception into a
-    warning, so a refusal is kept in `_App.refused` and reported by the task function."""
+    come before Hydra creates any directory (or writes multirun.yaml). A refusal is kept in
+    `_App.refused` and raised as `_Refused`, which Hydra's callback runner (it turns an
+    Exception into a warning) lets pass; should it not, the task function reports it."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         _App.release_stderr()
@@ -129,6 +131,8 @@ class LaunchCallback(Callback):
         # Hydra makes hydra.run.dir next (run_job): point it at the claimed directory.
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.run.dir = where
+        if _App.refused is not None:
+            raise _Refused()
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         _App.release_stderr()
@@ -136,6 +140,7 @@ class LaunchCallback(Callback):
             _App.sweep = Sweep.claim(config.hydra.sweep.dir)
         except UsageError as exc:
             _App.refused = exc
+            raise _Refused() from None
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")

@@ -77,11 +77,13 @@ class Sweep:
         return cls(path)
 
     def release_if_empty(self) -> None:
-        """Undo the claim of a sweep that ran no point (refused before its first)."""
+        """Undo the claim of a sweep that ran no point (refused before its first): the marker,
+        Hydra's `multirun.yaml` of this sweep, and the directory if that leaves it empty."""
         if self.points:
             return
         try:
             (self.sweep_dir / SWEEP_MARKER).unlink()
+            (self.sweep_dir / "multirun.yaml").unlink(missing_ok=True)
             self.sweep_dir.rmdir()
         except OSError:
             pass
