@@ -1,7 +1,8 @@
 """Where the default run's wall time goes: runs `mimo-launch device=cpu` in this process with
 timers around its phases and prints them as JSON on the last line of stdout.
 
-Phases are found by name (app_config.compose_config, local_launcher.fork_ranks,
+Phases are found by name (hydra_app.LaunchCallback.on_run_start: validation and the run
+directory's claim, after Hydra composed the config; local_launcher.fork_ranks,
 artifacts.finish_run); a phase the code no longer has is reported as missing, not guessed.
 """
 
@@ -24,10 +25,11 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402,F401
 
 T_TORCH = time.perf_counter()
-from mimo_launch import app_config, cli, launch, local_launcher  # noqa: E402,F401
+from mimo_launch import cli, hydra_app, launch, local_launcher  # noqa: E402,F401
 
 T_IMPORTS = time.perf_counter()
-PHASES = {"compose_config": (app_config, "compose_config"),
+PHASES = {"validate + claim (LaunchCallback.on_run_start)": (hydra_app.LaunchCallback,
+                                                            "on_run_start"),
           "ranks (fork to last exit)": (local_launcher, "fork_ranks")}
 
 

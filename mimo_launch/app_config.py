@@ -7,6 +7,7 @@ raises `UsageError` (or `MimoConfigError`) with one line for the user.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass, field, replace
@@ -14,9 +15,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .config_keys import check_keys
 from .config_schema import SchemaError, check_cluster, strict_bool
 from .health_config import KNOWN_KEYS as HEALTH_KEYS
 from .health_config import HealthSettings, health_settings
+from .hydra_errors import describe
 from .mimo_config import SHORT_KEYS, MimoConfigError, MimoParallelismConfig, short_layout
 from .phases import ENTRYPOINT_PHASE, HEALTH_PHASE, FaultSpec
 
@@ -37,8 +40,17 @@ def conf_dir() -> Path:
     raise UsageError(f"no Hydra configs found beside {pkg}")
 
 
+class HintedUsageError(UsageError):
+    """A UsageError with one line of advice to print after it (Hydra's own fix hints)."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
 def compose_config(overrides: list[str]) -> DictConfig:
-    """Compose `conf/config.yaml` with the overrides; Hydra's errors become one line."""
+    """Compose `conf/config.yaml` with the overrides; Hydra's errors become one line (and a
+    hint line where Hydra gives one: `HintedUsageError`)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from hydra.errors import HydraException
@@ -49,42 +61,8 @@ def compose_config(overrides: list[str]) -> DictConfig:
             HydraConfig.instance().set_config(cfg)
             return cfg
     except HydraException as exc:
-        message = _one_line(str(exc))
-        bad = _unparsable(overrides)
-        if bad is not None and bad not in message:
-            message = f"cannot parse override '{bad}': {message}"
-        raise UsageError(message) from None
-
-
-def _unparsable(overrides: list[str]) -> str | None:
-    """The first override Hydra's grammar rejects, if any."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    for override in overrides:
-        try:
-            parser.parse_overrides([override])
-        except Exception:  # noqa: BLE001 - any parse failure names this override
-            return override
-    return None
-
-
-def _one_line(message: str) -> str:
-    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    first = lines[0] if lines else "invalid overrides"
-    if "Available options in" in message:
-        idx = next(i for i, ln in enumerate(lines) if ln.startswith("Available options in"))
-        options = []
-        for ln in lines[idx + 1:]:
-            if ln.startswith("Config search path"):
-                break
-            options.append(ln)
-        first += f"; available: {', '.join(options)}"
-    elif len(lines) > 1 and lines[1].startswith("To append"):
-        first += f" (unknown key; {lines[1][0].lower()}{lines[1][1:]})"
-    elif len(lines) > 1 and first.startswith("Error parsing override"):
-        first += f": {lines[1]}"
-    return first
+        line, hint = describe(exc, overrides)
+        raise HintedUsageError(line, hint) from None
 
 
 def layout_from(node: DictConfig) -> MimoParallelismConfig:
@@ -292,8 +270,19 @@ def load_settings(overrides: list[str]) -> LaunchSettings:
     """Compose, convert and validate everything; raise on the first problem. Touches no file:
     `run_dir` is `hydra.run.dir` as given (every Slurm task of one job must agree on it);
     `claim_output` makes it this run's own."""
-    cfg = compose_config(overrides)
+    return settings_from_config(compose_config(overrides))
+
+
+def settings_from_config(composed: DictConfig, run_dir: str | Path | None = None
+                         ) -> LaunchSettings:
+    """Validate a composed config (with its `hydra` node, as Hydra composes it) into
+    LaunchSettings; `run_dir` defaults to `hydra.run.dir`. An unknown key anywhere, a value of
+    the wrong type or range, a layout breaking a rule: UsageError or MimoConfigError (one line).
+    `composed` itself is not changed."""
+    cfg = copy.deepcopy(composed)
     try:
+        check_keys(OmegaConf.to_container(
+            OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=False))
         with open_dict(cfg):
             cfg.cluster = check_cluster(cfg.cluster)
             for name in ("dry_run", "wait"):
@@ -328,7 +317,7 @@ def load_settings(overrides: list[str]) -> LaunchSettings:
         raise UsageError("fault.phase=entrypoint needs an entrypoint=pkg.module:function")
     entrypoint_timeout_s = check_timeout(cfg.get("entrypoint_timeout_s", 600),
                                          "entrypoint_timeout_s")
-    run_dir = Path(cfg.hydra.run.dir).expanduser().absolute()
+    run_dir = Path(cfg.hydra.run.dir if run_dir is None else run_dir).expanduser().absolute()
     return LaunchSettings(layout, world, device, timeout_s, run_dir, cfg.cluster, cfg, expected,
                           fault, plan, entrypoint, entrypoint_dir, entrypoint_timeout_s, health)
 
@@ -363,4 +352,5 @@ def claim_output(settings: LaunchSettings) -> LaunchSettings:
     return replace(settings, run_dir=claim_run_dir(settings.run_dir))
 
 
-__all__ = ["LaunchSettings", "MimoConfigError", "UsageError", "load_settings"]
+__all__ = ["HintedUsageError", "LaunchSettings", "MimoConfigError", "UsageError", "load_settings",
+           "settings_from_config"]

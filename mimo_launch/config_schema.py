@@ -12,6 +12,7 @@ A list field also takes one string (one setup line, one mount).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -134,8 +135,10 @@ def check_cluster(node: DictConfig) -> DictConfig:
     except OmegaConfBaseException as exc:
         key = str(exc.full_key or exc.key or "?")
         if key not in fields:
+            near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            hint = f"did you mean '{near[0]}'?" if near else f"known: {', '.join(fields)}"
             raise SchemaError(f"cluster: unknown key {key!r} for cluster.launcher={launcher} "
-                              f"(known: {', '.join(fields)})") from None
+                              f"({hint})") from None
         raise SchemaError(f"cluster.{key} must be {_bounded(fields[key], hints[key])}, "
                           f"got {data.get(key)!r}") from None
     for key, spec in fields.items():

@@ -10,8 +10,9 @@ process killed by it: 130 SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP.
 the report, printing the verdict): a signal is recorded in the block's list instead of raised.
 Inside `one_run()`, the launcher's frame around one local run, the first `held()` block holds
 for the rest of the run: once the ranks have ended the verdict stands, and no signal may land
-between two blocks. `stoppable()` opens the one window a held signal may cut (report.md and
-the rank map, after the verdict).
+between two blocks; `held_in_last_run()` tells a sweep which came, so that it stops before its
+next point. `stoppable()` opens the one window a held signal may cut (report.md and the rank
+map, after the verdict).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class _State:
     came: list[int] | None = None  # not None: signals are recorded here, not raised
     in_run = False  # inside one_run(): a hold, once started, lasts to the run's end
     stoppable = False  # inside stoppable(): the next signal raises
+    last_run: list[int] = []  # the signals the last one_run() held (held_in_last_run)
 
 
 def _handle(signum: int, _frame) -> None:
@@ -101,11 +103,19 @@ def held() -> Iterator[list[int]]:
 def one_run() -> Iterator[None]:
     """The launcher's frame around one local run: a `held()` block inside it holds until the
     frame ends (the ranks have ended: from there on the verdict stands)."""
-    _State.in_run = True
+    _State.in_run, _State.last_run = True, []
     try:
         yield
     finally:
+        _State.last_run = list(_State.came or [])
         _State.in_run, _State.came, _State.stoppable = False, None, False
+
+
+def held_in_last_run() -> list[int]:
+    """The signals the last `one_run()` held (recorded, not raised: the verdict stood), and
+    forgets them. A sweep stops on them between its points."""
+    came, _State.last_run = _State.last_run, []
+    return came
 
 
 @contextmanager

@@ -79,9 +79,10 @@ class FaultSpec:
         factor = self.slow_factor
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1:
             raise ValueError(f"fault.slow_factor must be a number >= 1, got {factor!r}")
-        if self.active and self.phase not in RUN_PHASES:
-            raise ValueError(f"fault.phase must be one of {', '.join(RUN_PHASES)} when a fault "
-                             f"is set, got {self.phase!r}")
+        if (self.active or self.phase is not None) and self.phase not in RUN_PHASES:
+            raise ValueError(f"fault.phase must be one of {', '.join(RUN_PHASES)}"
+                             f"{' when a fault is set' if self.active else ''}, "
+                             f"got {self.phase!r}")
         if self.where not in FAULT_WHERE:
             raise ValueError(f"fault.where must be one of {', '.join(FAULT_WHERE)}, got "
                              f"{self.where!r}")

@@ -71,7 +71,7 @@ def test_bad_override_exits_2_with_one_line_and_starts_nothing(tmp_path, overrid
 
 
 # example lines of --help that need what a test does not have (a Slurm job, your own function)
-NOT_RUNNABLE = ("RUN_DIR", "pkg.module:function")
+NOT_RUNNABLE = ("RUN_DIR", "pkg.module:function", "./site")  # ./site: test_hydra_app
 
 
 @pytest.mark.timeout(240)
