@@ -310,7 +310,8 @@ def settings_from_config(composed: DictConfig, run_dir: str | Path | None = None
                              f"{list(expected.module_parallelisms)} differ from the layout's "
                              f"{list(layout.module_parallelisms)}")
     fault = fault_from(cfg.get("fault"), world)
-    health = health_from(cfg, fault, overrides)
+    overrides = list(OmegaConf.select(cfg, "hydra.overrides.task", default=None) or [])
+    health = health_from(cfg, fault, overrides)  # the command line's, as Hydra records them
     plan = plan_from(cfg.get("plan"), world)
     entrypoint, entrypoint_dir = entrypoint_from(cfg.get("entrypoint"))
     if fault.phase == ENTRYPOINT_PHASE and fault.active and not entrypoint:
