@@ -93,14 +93,17 @@ def report_timings(tracker: PhaseTracker) -> dict[str, float]:
     return {("verification" if k == "verify" else k): v for k, v in tracker.timings.items()}
 
 
-def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None) -> int:
+def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
+             on_teardown_overdue=None) -> int:
     """Run one rank to the end; return its exit code (0 pass, 1 mismatch).
 
     With `job.entrypoint`, the groups are verified as they sit in each module's
     ProcessGroupCollection and, once verification has passed, the entry point runs
     (`entrypoint.run_entrypoint`). Raises on any failure, after leaving the error in `store`
     (rank 0 also writes a failed report.json). Rank 0 writes report.json into `job.run_dir`.
-    `on_phase(name)` is called as the rank enters each phase (`PhaseTracker`).
+    `on_phase(name)` is called as the rank enters each phase (`PhaseTracker`). A teardown
+    still running `job.timeout_s` seconds after it began ends the process with
+    `phases.EXIT_TEARDOWN_OVERDUE`, after `on_teardown_overdue()` (`TeardownWatchdog`).
     """
     torch.set_num_threads(1)
     tracker = PhaseTracker(store, rank, job.world_size, job.timeout_s, job.fault,
@@ -159,7 +162,7 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None)
             report.timings = report_timings(tracker)
             report.entrypoint_finished = True
             write_report(Path(job.run_dir), report)
-    with tracker.teardown():
+    with tracker.teardown(on_teardown_overdue):
         groups.destroy()
         dist.destroy_process_group()
     return 0 if verdict.passed else 1

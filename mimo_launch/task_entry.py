@@ -140,7 +140,7 @@ def run_rank_task(job, rank: int, local_rank: int, source: str, rendezvous,
     `rendezvous()` -> the run's store, then `rank_runner.run_rank` on GPU `gpu_index(local_rank)`
     with nccl. Returns run_rank's code; raises on failure, like run_rank."""
     from .rank_runner import node_name, run_rank
-    from .rank_status import ENDINGS, RankStatus
+    from .rank_status import ENDINGS, TEARDOWN_OVERDUE, RankStatus
 
     status = RankStatus(Path(job.run_dir), rank, node_name())
     stopper = StopOnSigterm(job, rank, status, source)
@@ -148,7 +148,8 @@ def run_rank_task(job, rank: int, local_rank: int, source: str, rendezvous,
         store = rendezvous()
         stopper.connect(*master)
         local = gpu_index(local_rank) if job.device == "cuda" else local_rank
-        code = run_rank(job, rank, store, local_rank=local, on_phase=status.enter)
+        code = run_rank(job, rank, store, local_rank=local, on_phase=status.enter,
+                        on_teardown_overdue=lambda: status.end(TEARDOWN_OVERDUE))
     except BaseException:
         status.end("failed")
         raise
