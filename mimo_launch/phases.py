@@ -147,16 +147,49 @@ class PhaseTracker:
     @contextmanager
     def teardown(self, on_overdue=None):
         """Enter the teardown phase (no barrier: each rank destroys its own groups), bounded by
-        `timeout_s` (`TeardownWatchdog`: `on_overdue()`, then exit EXIT_TEARDOWN_OVERDUE); the
-        local launcher also watches it (`arrivals(store, TEARDOWN_PHASE)`, `rank_phase`)."""
+        `timeout_s` (`TeardownWatchdog`: `on_overdue()`, `overdue/teardown/<rank>` in the
+        store, then exit EXIT_TEARDOWN_OVERDUE); leaving it marks `finished/teardown/<rank>`
+        (best effort: the store may be gone). The local launcher also watches it
+        (`arrivals(store, TEARDOWN_PHASE)`, `rank_phase`), rank 0 waits for it
+        (`teardown_stragglers`)."""
         self.current = TEARDOWN_PHASE
         self.store.set(_key("phase", self.rank), TEARDOWN_PHASE)
         self.store.add(_key("count", TEARDOWN_PHASE), 1)
         if self.on_enter is not None:
             self.on_enter(TEARDOWN_PHASE)
-        with TeardownWatchdog(self.rank, self.timeout.total_seconds(), on_overdue):
+
+        def overdue() -> None:
+            if on_overdue is not None:
+                on_overdue()
+            self.store.set(_key("overdue", TEARDOWN_PHASE, self.rank), "1")
+            self.store.add(_key("overdues", TEARDOWN_PHASE), 1)
+
+        with TeardownWatchdog(self.rank, self.timeout.total_seconds(), overdue):
             self.fault.apply(self.rank, TEARDOWN_PHASE, self.fault.where)
             yield
+        try:
+            self.finish(TEARDOWN_PHASE)
+        except Exception:  # noqa: BLE001 - rank 0's store may be gone; nobody waits then
+            pass
+
+    def teardown_stragglers(self, wait_s: float) -> list[int]:
+        """Rank 0, after its own teardown: wait (at most `wait_s` seconds) until every rank
+        has left teardown or been ended there by its watchdog; return the ranks ended there
+        (`overdue/teardown/<rank>`), plus, when `wait_s` passed, those still in it ([]
+        when the store cannot be read)."""
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                left = int(self.store.add(_key("finishes", TEARDOWN_PHASE), 0))
+                overdue = int(self.store.add(_key("overdues", TEARDOWN_PHASE), 0))
+                if left + overdue >= self.world_size or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            late = [] if left + overdue >= self.world_size else \
+                _unmarked(self.store, "finished", TEARDOWN_PHASE, self.world_size)
+            return sorted(set(late) | set(overdue_in_teardown(self.store, self.world_size)))
+        except Exception:  # noqa: BLE001 - the store's own errors: nothing to name
+            return []
 
     def _arrive(self, name: str) -> None:
         self._mark(name, "arrived", "count", "open")
@@ -195,6 +228,14 @@ class PhaseTracker:
             self.store.set(_key("fail", self.rank), f"{seq}|{self.current}: {message}"[:500])
         except Exception:  # noqa: BLE001 - the store may be gone with rank 0
             pass
+
+
+def overdue_in_teardown(store, world_size: int) -> list[int]:
+    """The ranks their own watchdog ended in teardown (`overdue/teardown/<rank>`); one store
+    look-up per rank once any has been."""
+    if not int(store.add(_key("overdues", TEARDOWN_PHASE), 0)):
+        return []
+    return [r for r in range(world_size) if store.check([_key("overdue", TEARDOWN_PHASE, r)])]
 
 
 def teardown_overdue(ranks: list[int], timeout_s: float) -> str:

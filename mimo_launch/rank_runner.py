@@ -22,9 +22,20 @@ from .layout_oracle import expected_layout
 from .mimo_builder import build_mimo_groups
 from .mimo_config import MimoParallelismConfig
 from .pg_collections import process_group_collection_class, process_group_collections
-from .phases import ENTRYPOINT_PHASE, HEALTH_PHASE, FaultSpec, PhaseTracker
+from .phases import (
+    ENTRYPOINT_PHASE,
+    HEALTH_PHASE,
+    TEARDOWN_PHASE,
+    FaultSpec,
+    PhaseTracker,
+    teardown_failure,
+)
 from .report import Report, module_summary, read_report, record_failure, write_report
 from .verify import verify
+
+# Rank 0 waits for the other ranks' teardown this much longer than their own bound
+# (`timeout_s`, then SIGALRM 1 + 5 s later: phases.TeardownWatchdog), so they end themselves first.
+TEARDOWN_WAIT_EXTRA_S = 8.0
 
 
 @dataclass
@@ -165,6 +176,12 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
     with tracker.teardown(on_teardown_overdue):
         groups.destroy()
         dist.destroy_process_group()
+    if rank == 0:  # the verdict stands; a rank ended in teardown is named beside it
+        stragglers = tracker.teardown_stragglers(job.timeout_s + TEARDOWN_WAIT_EXTRA_S)
+        if stragglers:
+            write_report(Path(job.run_dir), record_failure(
+                report, teardown_failure(stragglers, job.timeout_s), TEARDOWN_PHASE,
+                stragglers))
     return 0 if verdict.passed else 1
 
 

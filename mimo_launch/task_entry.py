@@ -79,7 +79,9 @@ class StopOnSigterm:
 
     The signal's number arrives on a wakeup fd read by a thread; on rank 0 that thread first
     diagnoses the run through its own store client (`connect`) and writes report.json unless a
-    report is already there (other than one still waiting for the entry point to finish).
+    report is already there (other than one still waiting for the entry point to finish); to
+    a passing one it adds the ranks ended in teardown by their watchdog (the others' ending
+    stopped rank 0 while it waited for them: `PhaseTracker.teardown_stragglers`).
     `source` names who stops the task ('Slurm', 'torchrun') in the log and the report.
     """
 
@@ -118,11 +120,17 @@ class StopOnSigterm:
 
     def _report(self) -> None:
         from .diagnosis import diagnose
+        from .phases import TEARDOWN_PHASE, overdue_in_teardown, teardown_failure
         from .report import Report, module_summary, read_report, record_failure, write_report
 
         run_dir = Path(self.job.run_dir)
         report = read_report(run_dir)
         if report is not None and not report.awaiting_entrypoint:
+            # the verdict stands; a rank its watchdog ended in teardown is named beside it
+            overdue = overdue_in_teardown(self.probe, self.job.world_size)
+            if overdue and not report.failure:
+                write_report(run_dir, record_failure(report, teardown_failure(
+                    overdue, self.job.timeout_s), TEARDOWN_PHASE, overdue))
             return
         found = diagnose(self.probe, self.job.world_size, [],
                          f"{self.source} stopped the ranks: a task ended early or the job was "
