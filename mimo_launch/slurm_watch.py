@@ -14,7 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from .interrupts import signal_of
+from .interrupts import held, signal_of
 from .report import REPORT_NAME, read_report
 
 POLL_S = 0.5
@@ -117,10 +117,25 @@ def _pending_verdict(job_id: str, live: JobState, pending_s: float,
     return None
 
 
-def follow(job_id: str, run_dir, pending_timeout_min: float | None = None) -> Followed:
+def cancel_interrupted(job_id: str, signum: int) -> Followed:
+    """Cancel the job after the launcher received `signum` and wait until it has left the
+    nodes (at most CANCEL_WAIT_S); further signals meanwhile are held (recorded, not raised),
+    so that a second SIGTERM or a closing terminal cannot cut the cancel and the report."""
+    signame = signal.Signals(signum).name
+    with held():
+        print(f"mimo-launch: interrupted ({signame}), cancelling job {job_id}", flush=True)
+        cancel_and_wait(job_id)
+    return Followed(cancelled=True, interrupted_by=signame)
+
+
+def follow(job_id: str, run_dir, pending_timeout_min: float | None = None,
+           interrupted: int | None = None) -> Followed:
     """Wait until the job has left the nodes; print its state on each change (see the module
     docstring). Never raises on Ctrl-C, SIGTERM or SIGHUP: the job is cancelled, running or
-    pending, and `interrupted_by` set."""
+    pending, and `interrupted_by` set; `interrupted` (a signal that came while the job was
+    submitted) cancels it at once."""
+    if interrupted is not None:
+        return cancel_interrupted(job_id, interrupted)
     seen, failed_at, cancelled = None, None, False
     started = time.monotonic()
     try:
@@ -147,7 +162,4 @@ def follow(job_id: str, run_dir, pending_timeout_min: float | None = None) -> Fo
                 cancelled = True
             time.sleep(POLL_S)
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP (interrupts.install)
-        signame = signal.Signals(signal_of(exc)).name
-        print(f"mimo-launch: interrupted ({signame}), cancelling job {job_id}", flush=True)
-        cancel_and_wait(job_id)
-        return Followed(cancelled=True, interrupted_by=signame)
+        return cancel_interrupted(job_id, signal_of(exc))

@@ -42,13 +42,15 @@ def _read_until(proc: subprocess.Popen, needle: str, within_s: float) -> list[st
     pytest.fail(f"the launcher never printed {needle!r}: {''.join(seen)}{proc.stderr.read()}")
 
 
-def _assert_interrupted(proc, sig, code: int, sent: float, job_id: str, run_dir: Path) -> dict:
+def _assert_interrupted(proc, sig, code: int, sent: float, job_id: str, run_dir: Path,
+                        cancel_line_unread: bool = True) -> dict:
+    """The launcher's end after `sig`, job and report checked."""
     out, err = proc.communicate(timeout=90)
     # the job's limit is 5 minutes and timeout_s 120 s: cancelled by the launcher, not by them
     assert time.monotonic() - sent < 60
     assert proc.returncode == code, out + err
     assert "Traceback" not in out + err
-    assert f"interrupted ({sig.name}), cancelling job {job_id}" in out
+    assert not cancel_line_unread or f"interrupted ({sig.name}), cancelling job {job_id}" in out
     report = json.loads((run_dir / "report.json").read_text())
     assert report["interrupted"] is True and report["interrupted_by"] == sig.name, report
     assert report["passed"] is False
@@ -75,6 +77,30 @@ def test_a_signal_to_the_launcher_cancels_a_running_job(slurm_cluster, sig, code
     proc.send_signal(sig)
     report = _assert_interrupted(proc, sig, code, sent, job_id, run_dir)
     assert report["failed_ranks"] == [], report  # nobody failed: the launcher was stopped
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(180)
+def test_a_second_signal_while_cancelling_does_not_cut_the_report_short(slurm_cluster,
+                                                                        tmp_path):
+    """SIGTERM, then SIGHUP while the job is being cancelled (as a CI runner escalates, or a
+    terminal closes): the first signal's code and report, the job cancelled all the same."""
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, "fault.hang_rank=1", "fault.phase=embedding", "timeout_s=120")
+    job_id = _job_id(proc.stdout.readline())
+    _read_until(proc, f"job {job_id} RUNNING", 90)
+    log = run_dir / "logs" / "rank1.log"
+    deadline = time.monotonic() + 90
+    while not (log.exists() and "hangs" in log.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None, "rank 1 never hung"
+        time.sleep(0.2)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _read_until(proc, f"cancelling job {job_id}", 10)
+    proc.send_signal(signal.SIGHUP)
+    report = _assert_interrupted(proc, signal.SIGTERM, 143, sent, job_id, run_dir,
+                                 cancel_line_unread=False)
+    assert report["failed_ranks"] == [], report
 
 
 @pytest.mark.slurm
