@@ -5,7 +5,8 @@ variables) and `torchrun_task` (torchrun's).
 started is the layout's (exit 2, rank 0 prints the one line); `run_rank_task` runs the rank with
 a per-rank status file and a SIGTERM guard and returns the task's exit code; rank 0 prints the
 verdict. Exit codes: rank 0 the report's (0 pass, 1 mismatch), other ranks 0 once they are done;
-2 bad input; 3 on a failure, every rank.
+2 bad input; 3 on a failure, every rank; 124 a rank whose teardown overran `timeout_s`
+(`phases.TeardownWatchdog`).
 """
 
 from __future__ import annotations
