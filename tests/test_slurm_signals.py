@@ -18,14 +18,25 @@ from test_slurm import _cli, _gone, _job_id
 from conftest import MIMO_LAUNCH
 from mimo_launch.slurm_watch import final_state
 
+# SIGTERM to the launcher alone (as `timeout` sends it), SIGHUP to its whole process group (as
+# a closing terminal or a CI runner's cancel sends it: squeue, sacct and scancel get it too)
 SIGNALS = [(signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+
+
+def _send(proc: subprocess.Popen, sig: signal.Signals) -> float:
+    """Send `sig` (see SIGNALS); return when."""
+    if sig == signal.SIGHUP:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    return time.monotonic()
 
 
 def _start(run_dir: Path, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen([str(MIMO_LAUNCH), "cluster=local_slurm", *overrides,
                              f"hydra.run.dir={run_dir}"], cwd=run_dir.parent, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
 
 
 def _read_until(proc: subprocess.Popen, needle: str, within_s: float) -> list[str]:
@@ -73,8 +84,7 @@ def test_a_signal_to_the_launcher_cancels_a_running_job(slurm_cluster, sig, code
     while not (log.exists() and "hangs" in log.read_text()):
         assert time.monotonic() < deadline and proc.poll() is None, "rank 1 never hung"
         time.sleep(0.2)
-    sent = time.monotonic()
-    proc.send_signal(sig)
+    sent = _send(proc, sig)
     report = _assert_interrupted(proc, sig, code, sent, job_id, run_dir)
     assert report["failed_ranks"] == [], report  # nobody failed: the launcher was stopped
 
@@ -94,10 +104,9 @@ def test_a_second_signal_while_cancelling_does_not_cut_the_report_short(slurm_cl
     while not (log.exists() and "hangs" in log.read_text()):
         assert time.monotonic() < deadline and proc.poll() is None, "rank 1 never hung"
         time.sleep(0.2)
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    sent = _send(proc, signal.SIGTERM)
     _read_until(proc, f"cancelling job {job_id}", 10)
-    proc.send_signal(signal.SIGHUP)
+    _send(proc, signal.SIGHUP)  # to the group: scancel's too
     report = _assert_interrupted(proc, signal.SIGTERM, 143, sent, job_id, run_dir,
                                  cancel_line_unread=False)
     assert report["failed_ranks"] == [], report
@@ -118,8 +127,7 @@ def test_a_signal_to_the_launcher_cancels_a_pending_job(slurm_cluster, sig, code
         proc = _start(run_dir)
         job_id = _job_id(_read_until(proc, "submitted job", 60)[-1])
         _read_until(proc, f"job {job_id} PENDING", 60)
-        sent = time.monotonic()
-        proc.send_signal(sig)
+        sent = _send(proc, sig)
         report = _assert_interrupted(proc, sig, code, sent, job_id, run_dir)
         assert "not started" in report["failure"], report
         assert subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True,
