@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .app_config import LaunchSettings, UsageError
 from .compat import sbatch_script
-from .interrupts import held
+from .interrupts import describe, exit_code, held
 from .launch import rank_job
 from .report import REPORT_NAME, format_summary, read_report
 from .slurm_report import JobFiles, conclude
@@ -58,6 +58,10 @@ def launch_slurm(settings: LaunchSettings) -> int:
             submitted = executor.submit(run_task, job)
         except (FailedJobError, FailedSubmissionError, subprocess.SubprocessError,
                 OSError) as exc:
+            if came:  # a signal to the process group stopped sbatch too
+                print(f"mimo-launch: interrupted ({describe(came[0])}) while submitting",
+                      file=sys.stderr)
+                return exit_code(came[0])
             message = " ".join(str(exc).split())[:400]
             print(f"mimo-launch: error: sbatch refused the job: {message}", file=sys.stderr)
             return EXIT_USAGE
