@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_slurm import _cli, _gone, _job_id
+from test_slurm import _cli, _gone, _job_id, _wait_until_hung
 
 from conftest import MIMO_LAUNCH
 from mimo_launch.slurm_watch import final_state
@@ -79,11 +79,7 @@ def test_a_signal_to_the_launcher_cancels_a_running_job(slurm_cluster, sig, code
     run_dir = tmp_path / "run"
     proc = _start(run_dir, "fault.hang_rank=1", "fault.phase=embedding", "timeout_s=120")
     job_id = _job_id(proc.stdout.readline())
-    log = run_dir / "logs" / "rank1.log"
-    deadline = time.monotonic() + 90
-    while not (log.exists() and "hangs" in log.read_text()):
-        assert time.monotonic() < deadline and proc.poll() is None, "rank 1 never hung"
-        time.sleep(0.2)
+    _wait_until_hung(proc, run_dir, 1)
     sent = _send(proc, sig)
     report = _assert_interrupted(proc, sig, code, sent, job_id, run_dir)
     assert report["failed_ranks"] == [], report  # nobody failed: the launcher was stopped
@@ -99,11 +95,7 @@ def test_a_second_signal_while_cancelling_does_not_cut_the_report_short(slurm_cl
     proc = _start(run_dir, "fault.hang_rank=1", "fault.phase=embedding", "timeout_s=120")
     job_id = _job_id(proc.stdout.readline())
     _read_until(proc, f"job {job_id} RUNNING", 90)
-    log = run_dir / "logs" / "rank1.log"
-    deadline = time.monotonic() + 90
-    while not (log.exists() and "hangs" in log.read_text()):
-        assert time.monotonic() < deadline and proc.poll() is None, "rank 1 never hung"
-        time.sleep(0.2)
+    _wait_until_hung(proc, run_dir, 1)
     sent = _send(proc, signal.SIGTERM)
     _read_until(proc, f"cancelling job {job_id}", 10)
     _send(proc, signal.SIGHUP)  # to the group: scancel's too
