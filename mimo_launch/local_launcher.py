@@ -24,9 +24,15 @@ import torch.distributed as dist
 
 from .diagnosis import Diagnosis, RankExit, diagnose, tail
 from .interrupts import describe, held, reset_in_child, signal_of
-from .phases import TEARDOWN_PHASE, arrivals, rank_phase
+from .phases import (
+    EXIT_TEARDOWN_OVERDUE,
+    TEARDOWN_PHASE,
+    arrivals,
+    rank_phase,
+    teardown_failure,
+    teardown_overdue,
+)
 from .rank_runner import RankJob, run_rank
-from .rank_text import format_rank_set
 from .report import Report, module_summary, read_report, record_failure, write_report
 
 EXIT_FAILURE = 3
@@ -199,12 +205,15 @@ def _wait(pids: dict[int, int], watchdog_s: float, store, on_tick,
                     on_tick(store)
                 hung = teardown.overdue(sorted(pids.values()), now)
                 if hung:
-                    reason = (f"rank(s) {format_rank_set(hung)} did not end within "
-                              f"{timeout_s:.0f}s of entering phase '{TEARDOWN_PHASE}'")
+                    reason = teardown_overdue(hung, timeout_s)
                     break
                 next_tick = now + _TICK_S
             ended = _reap(pids)
             exits += ended
+            hung = [e.rank for e in ended if e.code == EXIT_TEARDOWN_OVERDUE]
+            if hung:  # its own watchdog ended it (phases.TeardownWatchdog)
+                reason = teardown_overdue(hung, timeout_s)
+                break
             if any(e.died for e in ended):
                 break
             if any(not e.ok for e in ended):  # re-armed by each failing rank
@@ -228,7 +237,8 @@ def _wait(pids: dict[int, int], watchdog_s: float, store, on_tick,
 
 class _TeardownWatch:
     """When each rank entered the teardown phase (read from the store once any rank has),
-    so that one still in it `timeout_s` later is stopped and named."""
+    so that one still in it `timeout_s` later is stopped and named (a backstop: such a rank
+    normally ends itself first, with phases.EXIT_TEARDOWN_OVERDUE)."""
 
     def __init__(self, store, timeout_s: float):
         self.store, self.timeout_s = store, timeout_s
@@ -268,7 +278,7 @@ def _failure_report(job: RankJob, run: LocalRun, partial: Report | None) -> Repo
     """The report of a failed run, keeping what rank 0 recorded before it failed."""
     run_dir = Path(job.run_dir)
     if run.hung_in_teardown:  # after the verdict: it stands, the teardown is named
-        diagnosis = Diagnosis(f"phase '{TEARDOWN_PHASE}': {run.reason}; stopped",
+        diagnosis = Diagnosis(teardown_failure(run.hung_in_teardown, job.timeout_s),
                               TEARDOWN_PHASE, run.hung_in_teardown)
     else:
         diagnosis = diagnose(run.store, job.world_size, run.exits, run.reason)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,9 +29,14 @@ PHASES = ("init", "grids", "embedding", "verify")  # the builder's phases, every
 HEALTH_PHASE = "health"  # check=health: the health stage, after a passing verification
 ENTRYPOINT_PHASE = "entrypoint"  # the user's function, after a passing verification
 ALL_PHASES = PHASES + (HEALTH_PHASE, ENTRYPOINT_PHASE)
-# Destroying the groups, after the verdict (and the entry point): no barrier; the launcher
-# stops a rank still in it `timeout_s` after it entered (local_launcher).
+# Destroying the groups, after the verdict (and the entry point): no barrier; each rank ends
+# itself when still in it `timeout_s` after it entered (`TeardownWatchdog`, exit
+# EXIT_TEARDOWN_OVERDUE), and the local launcher stops such a rank too.
 TEARDOWN_PHASE = "teardown"
+EXIT_TEARDOWN_OVERDUE = 124  # a rank's exit code when its teardown overran (as timeout(1))
+# After the watchdog's own deadline: SIGALRM (default action: the process ends) for a rank
+# whose watchdog thread cannot run (a hang in C++ holding the GIL).
+_ALARM_GRACE_S = 5
 RUN_PHASES = ALL_PHASES + (TEARDOWN_PHASE,)
 FAULT_WHERE = ("start", "after_barrier")
 _FAULT_KINDS = ("kill_rank", "hang_rank", "slow_rank")
@@ -139,14 +146,51 @@ class PhaseTracker:
         self.timings[name] = time.perf_counter() - start
 
     @contextmanager
-    def teardown(self):
-        """Enter the teardown phase (no barrier: each rank destroys its own groups); the
-        launcher bounds it (`arrivals(store, TEARDOWN_PHASE)`, `rank_phase`)."""
+    def teardown(self, on_overdue=None):
+        """Enter the teardown phase (no barrier: each rank destroys its own groups), bounded by
+        `timeout_s` (`TeardownWatchdog`: `on_overdue()`, `overdue/teardown/<rank>` in the
+        store, then exit EXIT_TEARDOWN_OVERDUE); leaving it marks `finished/teardown/<rank>`
+        (best effort: the store may be gone). The local launcher also watches it
+        (`arrivals(store, TEARDOWN_PHASE)`, `rank_phase`), rank 0 waits for it
+        (`teardown_stragglers`)."""
         self.current = TEARDOWN_PHASE
         self.store.set(_key("phase", self.rank), TEARDOWN_PHASE)
         self.store.add(_key("count", TEARDOWN_PHASE), 1)
-        self.fault.apply(self.rank, TEARDOWN_PHASE, self.fault.where)
-        yield
+        if self.on_enter is not None:
+            self.on_enter(TEARDOWN_PHASE)
+
+        def overdue() -> None:
+            if on_overdue is not None:
+                on_overdue()
+            self.store.set(_key("overdue", TEARDOWN_PHASE, self.rank), "1")
+            self.store.add(_key("overdues", TEARDOWN_PHASE), 1)
+
+        with TeardownWatchdog(self.rank, self.timeout.total_seconds(), overdue):
+            self.fault.apply(self.rank, TEARDOWN_PHASE, self.fault.where)
+            yield
+        try:
+            self.finish(TEARDOWN_PHASE)
+        except Exception:  # noqa: BLE001 - rank 0's store may be gone; nobody waits then
+            pass
+
+    def teardown_stragglers(self, wait_s: float) -> list[int]:
+        """Rank 0, after its own teardown: wait (at most `wait_s` seconds) until every rank
+        has left teardown or been ended there by its watchdog; return the ranks ended there
+        (`overdue/teardown/<rank>`), plus, when `wait_s` passed, those still in it ([]
+        when the store cannot be read)."""
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                left = int(self.store.add(_key("finishes", TEARDOWN_PHASE), 0))
+                overdue = int(self.store.add(_key("overdues", TEARDOWN_PHASE), 0))
+                if left + overdue >= self.world_size or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            late = [] if left + overdue >= self.world_size else \
+                _unmarked(self.store, "finished", TEARDOWN_PHASE, self.world_size)
+            return sorted(set(late) | set(overdue_in_teardown(self.store, self.world_size)))
+        except Exception:  # noqa: BLE001 - the store's own errors: nothing to name
+            return []
 
     def _arrive(self, name: str) -> None:
         self._mark(name, "arrived", "count", "open")
@@ -185,6 +229,65 @@ class PhaseTracker:
             self.store.set(_key("fail", self.rank), f"{seq}|{self.current}: {message}"[:500])
         except Exception:  # noqa: BLE001 - the store may be gone with rank 0
             pass
+
+
+def overdue_in_teardown(store, world_size: int) -> list[int]:
+    """The ranks their own watchdog ended in teardown (`overdue/teardown/<rank>`); one store
+    look-up per rank once any has been."""
+    if not int(store.add(_key("overdues", TEARDOWN_PHASE), 0)):
+        return []
+    return [r for r in range(world_size) if store.check([_key("overdue", TEARDOWN_PHASE, r)])]
+
+
+def teardown_overdue(ranks: list[int], timeout_s: float) -> str:
+    """'rank(s) 6 did not end within 5s of entering phase 'teardown'' (both launchers' words)."""
+    return (f"rank(s) {format_rank_set(ranks)} did not end within {timeout_s:.0f}s of entering "
+            f"phase '{TEARDOWN_PHASE}'")
+
+
+def teardown_failure(ranks: list[int], timeout_s: float) -> str:
+    """The report's failure line for ranks stopped in teardown (both launchers')."""
+    return f"phase '{TEARDOWN_PHASE}': {teardown_overdue(ranks, timeout_s)}; stopped"
+
+
+class TeardownWatchdog:
+    """A rank's own bound on its teardown, so that every launcher gets it (Slurm, torchrun and
+    the local one): unless the block ends within `timeout_s` seconds, a daemon thread prints
+    one line to the rank's log, calls `on_overdue()` (best effort: a Slurm task records its
+    ending in its status file) and ends the process with EXIT_TEARDOWN_OVERDUE (`os._exit`:
+    whatever hangs is never unwound). Where SIGALRM has its default action, an alarm
+    `_ALARM_GRACE_S` later ends the process even when that thread cannot run."""
+
+    def __init__(self, rank: int, timeout_s: float, on_overdue=None):
+        self.rank, self.timeout_s, self.on_overdue = rank, timeout_s, on_overdue
+        self._done = threading.Event()
+        self._alarm = signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+
+    def __enter__(self) -> TeardownWatchdog:
+        threading.Thread(target=self._watch, daemon=True, name="mimo-teardown").start()
+        if self._alarm:
+            signal.alarm(int(self.timeout_s) + 1 + _ALARM_GRACE_S)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._done.set()
+        if self._alarm:
+            signal.alarm(0)
+
+    def _watch(self) -> None:
+        if self._done.wait(self.timeout_s):
+            return
+        try:
+            print(f"rank {self.rank}: {teardown_overdue([self.rank], self.timeout_s)}; ending "
+                  f"it (exit {EXIT_TEARDOWN_OVERDUE})", flush=True)
+            if self.on_overdue is not None:
+                self.on_overdue()
+        except BaseException:  # noqa: BLE001 - the exit below must happen whatever failed
+            pass
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_TEARDOWN_OVERDUE)
 
 
 def _unmarked(store, mark: str, phase: str, world_size: int) -> list[int]:

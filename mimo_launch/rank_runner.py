@@ -22,9 +22,20 @@ from .layout_oracle import expected_layout
 from .mimo_builder import build_mimo_groups
 from .mimo_config import MimoParallelismConfig
 from .pg_collections import process_group_collection_class, process_group_collections
-from .phases import ENTRYPOINT_PHASE, HEALTH_PHASE, FaultSpec, PhaseTracker
+from .phases import (
+    ENTRYPOINT_PHASE,
+    HEALTH_PHASE,
+    TEARDOWN_PHASE,
+    FaultSpec,
+    PhaseTracker,
+    teardown_failure,
+)
 from .report import Report, module_summary, read_report, record_failure, write_report
 from .verify import verify
+
+# Rank 0 waits for the other ranks' teardown this much longer than their own bound
+# (`timeout_s`, then SIGALRM 1 + 5 s later: phases.TeardownWatchdog), so they end themselves first.
+TEARDOWN_WAIT_EXTRA_S = 8.0
 
 
 @dataclass
@@ -95,14 +106,17 @@ def report_timings(tracker: PhaseTracker) -> dict[str, float]:
     return {("verification" if k == "verify" else k): v for k, v in tracker.timings.items()}
 
 
-def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None) -> int:
+def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
+             on_teardown_overdue=None) -> int:
     """Run one rank to the end; return its exit code (0 pass, 1 mismatch).
 
     With `job.entrypoint`, the groups are verified as they sit in each module's
     ProcessGroupCollection and, once verification has passed, the entry point runs
     (`entrypoint.run_entrypoint`). Raises on any failure, after leaving the error in `store`
     (rank 0 also writes a failed report.json). Rank 0 writes report.json into `job.run_dir`.
-    `on_phase(name)` is called as the rank enters each phase (`PhaseTracker`).
+    `on_phase(name)` is called as the rank enters each phase (`PhaseTracker`). A teardown
+    still running `job.timeout_s` seconds after it began ends the process with
+    `phases.EXIT_TEARDOWN_OVERDUE`, after `on_teardown_overdue()` (`TeardownWatchdog`).
     """
     torch.set_num_threads(1)
     tracker = PhaseTracker(store, rank, job.world_size, job.timeout_s, job.fault,
@@ -162,9 +176,15 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None)
             report.timings = report_timings(tracker)
             report.entrypoint_finished = True
             write_report(Path(job.run_dir), report)
-    with tracker.teardown():
+    with tracker.teardown(on_teardown_overdue):
         groups.destroy()
         dist.destroy_process_group()
+    if rank == 0:  # the verdict stands; a rank ended in teardown is named beside it
+        stragglers = tracker.teardown_stragglers(job.timeout_s + TEARDOWN_WAIT_EXTRA_S)
+        if stragglers:
+            write_report(Path(job.run_dir), record_failure(
+                report, teardown_failure(stragglers, job.timeout_s), TEARDOWN_PHASE,
+                stragglers))
     return 0 if verdict.passed else 1
 
 

@@ -4,7 +4,8 @@ A task rewrites its file (atomically) when it starts, on entering each phase and
 so whoever concludes the job reads every rank's last phase and how it ended from files, even
 when rank 0, which hosts the store, is dead. Fields: `rank`, `node`, `phase` (the last phase
 entered, null before `init`), `ended` (null while running; 'passed', 'mismatch', 'failed' (exit
-3), or 'terminated' (SIGTERM from Slurm or torchrun)).
+3), 'terminated' (SIGTERM from Slurm or torchrun), or 'teardown_overdue' (still destroying its
+groups `timeout_s` after it began: ended by its own watchdog, `phases.TeardownWatchdog`)).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .report import write_json_atomic
 
 STATUS_DIR = "status"
 ENDINGS = {0: "passed", 1: "mismatch"}
+TEARDOWN_OVERDUE = "teardown_overdue"
 
 
 def status_path(run_dir: Path, rank: int) -> Path:

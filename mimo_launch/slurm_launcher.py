@@ -7,7 +7,8 @@ it (`slurm_watch`: its state and pending reason on each change) and ends with ra
 report.json, completed with Slurm's facts where it is a failure (`slurm_report`). Exit codes:
 0 pass, 1 mismatch, 2 bad input or a pending reason that can never clear, 3 failure, 5 still
 pending after `cluster.pending_timeout_min` (cancelled), 130/143/129 Ctrl-C/SIGTERM/SIGHUP (the
-job is cancelled, running or pending).
+job is cancelled, running, pending or just submitted; a second signal does not cut the cancel
+or the report short).
 
 `mimo-launch collect <run dir>` does the following and reporting for a job submitted with
 `wait=false`, or by a launcher that was stopped: it follows the job if it is still queued or
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from .app_config import LaunchSettings, UsageError
 from .compat import sbatch_script
+from .interrupts import describe, exit_code, held
 from .launch import rank_job
 from .report import REPORT_NAME, format_summary, read_report
 from .slurm_report import JobFiles, conclude
@@ -51,42 +53,55 @@ def launch_slurm(settings: LaunchSettings) -> int:
 
     from .slurm_task import run_task
 
-    try:
-        submitted = executor.submit(run_task, job)
-    except (FailedJobError, FailedSubmissionError, subprocess.SubprocessError, OSError) as exc:
-        message = " ".join(str(exc).split())[:400]
-        print(f"mimo-launch: error: sbatch refused the job: {message}", file=sys.stderr)
-        return EXIT_USAGE
-    job_id = str(submitted.job_id)
-    (settings.run_dir / JOB_RECORD).write_text(json.dumps({
-        "job_id": job_id, "submitit_folder": str(executor.folder),
-        "overrides": [str(o) for o in settings.config.hydra.overrides.task],
-        "world_size": job.world_size, "device": job.device}, indent=2) + "\n")
-    backend = "NCCL on GPUs" if alloc.device == "cuda" else "gloo on CPU"
-    print(f"mimo-launch: submitted job {job_id}: {alloc.nodes} node(s) x "
-          f"{alloc.tasks_per_node} task(s), {backend}; output in {settings.run_dir}", flush=True)
-    if not settings.config.get("wait", True):
+    with held() as came:  # a job submitted is recorded, and cancelled if a signal came
+        try:
+            submitted = executor.submit(run_task, job)
+        except (FailedJobError, FailedSubmissionError, subprocess.SubprocessError,
+                OSError) as exc:
+            if came:  # a signal to the process group stopped sbatch too
+                print(f"mimo-launch: interrupted ({describe(came[0])}) while submitting",
+                      file=sys.stderr)
+                return exit_code(came[0])
+            message = " ".join(str(exc).split())[:400]
+            print(f"mimo-launch: error: sbatch refused the job: {message}", file=sys.stderr)
+            return EXIT_USAGE
+        job_id = str(submitted.job_id)
+        (settings.run_dir / JOB_RECORD).write_text(json.dumps({
+            "job_id": job_id, "submitit_folder": str(executor.folder),
+            "overrides": [str(o) for o in settings.config.hydra.overrides.task],
+            "world_size": job.world_size, "device": job.device}, indent=2) + "\n")
+        backend = "NCCL on GPUs" if alloc.device == "cuda" else "gloo on CPU"
+        print(f"mimo-launch: submitted job {job_id}: {alloc.nodes} node(s) x "
+              f"{alloc.tasks_per_node} task(s), {backend}; output in {settings.run_dir}",
+              flush=True)
+    if not settings.config.get("wait", True) and not came:
         print(f"report: run `mimo-launch collect {settings.run_dir}` to follow job {job_id} "
               f"and write {settings.run_dir / REPORT_NAME}")
         return 0
     return follow_and_report(job, job_id, JobFiles(settings.run_dir, Path(executor.folder),
-                                                   job_id), settings)
+                                                   job_id), settings, came[0] if came else None)
 
 
-def follow_and_report(job, job_id: str, files: JobFiles, settings: LaunchSettings) -> int:
-    """Follow the job to its end, write and print the report; return the exit code."""
+def follow_and_report(job, job_id: str, files: JobFiles, settings: LaunchSettings,
+                      interrupted: int | None = None) -> int:
+    """Follow the job to its end, write and print the report; return the exit code.
+    `interrupted`: a signal that came while the job was submitted (it is cancelled at once).
+    Once the job has left the nodes, signals are held until the report is printed."""
     record_path = files.run_dir / JOB_RECORD
     record = json.loads(record_path.read_text())
     report = read_report(files.run_dir) if record.get("concluded") else None
     if report is None:  # not concluded yet: follow the job (at once if it has ended)
-        followed = follow(job_id, files.run_dir, settings.cluster.get("pending_timeout_min"))
-        report = conclude(job, job_id, files, followed)
-        record_path.write_text(json.dumps(record | {"concluded": True}, indent=2) + "\n")
-        if followed.never_started:
-            print(f"mimo-launch: error: {followed.never_started}", file=sys.stderr)
-            return EXIT_USAGE if followed.refused else EXIT_NEVER_STARTED
-    print(format_summary(report))
-    print(f"report: {files.run_dir / REPORT_NAME}")
+        followed = follow(job_id, files.run_dir, settings.cluster.get("pending_timeout_min"),
+                          interrupted)
+    with held():  # the job has ended: its report is written and printed whole
+        if report is None:
+            report = conclude(job, job_id, files, followed)
+            record_path.write_text(json.dumps(record | {"concluded": True}, indent=2) + "\n")
+            if followed.never_started:
+                print(f"mimo-launch: error: {followed.never_started}", file=sys.stderr)
+                return EXIT_USAGE if followed.refused else EXIT_NEVER_STARTED
+        print(format_summary(report))
+        print(f"report: {files.run_dir / REPORT_NAME}")
     return report.exit_code
 
 

@@ -2,7 +2,8 @@
 
 Who is blamed, in order: a task srun saw die by a signal it was not sent to stop (SIGKILL, a
 segfault...); a rank that ended (exit 0, or `os._exit`) without finishing the run, known from
-its status file (`rank_status`: no ending recorded, no srun error); nobody when the job was
+its status file (`rank_status`: no ending recorded, no srun error); a rank whose own watchdog
+ended it in teardown (status 'teardown_overdue': the verdict stands); nobody when the job was
 cancelled from outside (scancel, an administrator) or by Ctrl-C, whatever rank 0 saw as the
 step was torn down; else rank 0's own diagnosis. The phase of a blamed rank is the one its own
 status file names, so a rank 0 that was killed still has one.
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .diagnosis import tail as log_tail
-from .phases import ENTRYPOINT_PHASE
-from .rank_status import read_statuses
+from .phases import ENTRYPOINT_PHASE, TEARDOWN_PHASE, teardown_failure
+from .rank_status import TEARDOWN_OVERDUE, read_statuses
 from .rank_text import format_rank_set
 from .report import Report, read_report, record_failure, write_report
 from .slurm_watch import Followed, final_state
@@ -101,6 +102,15 @@ def blame_dead(errors, statuses: dict[int, dict], stopped: bool) -> Blame | None
     return None
 
 
+def blame_teardown(statuses: dict[int, dict], timeout_s: float) -> Blame | None:
+    """The ranks whose own watchdog ended them in teardown (`phases.TeardownWatchdog`), or
+    None."""
+    ranks = sorted(r for r, s in statuses.items() if s.get("ended") == TEARDOWN_OVERDUE)
+    if not ranks:
+        return None
+    return Blame(teardown_failure(ranks, timeout_s), TEARDOWN_PHASE, ranks)
+
+
 def where_ranks_were(statuses: dict[int, dict], world_size: int) -> str:
     """'rank(s) 0-3 in 'grids', 4-7 not started' from the status files."""
     by_phase: dict[str, list[int]] = {}
@@ -135,7 +145,8 @@ def conclude(job, job_id: str, files: JobFiles, followed: Followed) -> Report:
     errors = task_errors(files.batch_err)
     statuses = read_statuses(run_dir, job.world_size)
     stopped = followed.interrupted or (state == "CANCELLED" and not followed.cancelled)
-    blame = blame_dead(errors, statuses, stopped)
+    blame = blame_dead(errors, statuses, stopped) or (
+        None if stopped else blame_teardown(statuses, job.timeout_s))
     if blame is not None:
         report = record_failure(report or base, blame.message, blame.phase, blame.ranks)
     elif stopped:

@@ -5,7 +5,8 @@
 config like `mimo-launch` (same overrides; `hydra.run.dir` is taken as is so that every task
 agrees on it, default `outputs/slurm-<job id>`), checks that the allocation has the layout's
 world size (exit 2), runs the rank, and rank 0 prints the report. Exit codes: rank 0 the
-report's (0 pass, 1 mismatch), other ranks 0 once they are done; 3 on a failure, every rank.
+report's (0 pass, 1 mismatch), other ranks 0 once they are done; 3 on a failure, every rank;
+124 a rank whose teardown overran `timeout_s` (`phases.TeardownWatchdog`).
 
 Both take rank, world size and local rank from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, the
 master address from the first node of the step (SLURM_STEP_NODELIST, else SLURM_JOB_NODELIST)

@@ -14,7 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from .interrupts import signal_of
+from .interrupts import held, signal_of
 from .report import REPORT_NAME, read_report
 
 POLL_S = 0.5
@@ -22,6 +22,7 @@ POLL_S = 0.5
 SETTLE_S = 10.0
 # After scancel, how long to wait for the job to leave the nodes (Slurm's KillWait and more).
 CANCEL_WAIT_S = 60.0
+RESEND_S = 5.0  # scancel again while the job is still there after this long
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
           "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
 # squeue reasons (squeue(1), "JOB REASON CODES") that no running job's end can clear: the
@@ -59,8 +60,12 @@ class Followed:
 
 
 def _run(cmd: list[str]) -> str | None:
+    """A Slurm client command's stdout, or None when it fails. It runs in a session of its own:
+    a signal sent to the launcher's process group (a closing terminal's SIGHUP, a CI cancel)
+    is the launcher's to handle and must not kill the scancel that handling runs."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30,
+                              start_new_session=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return proc.stdout if proc.returncode == 0 else None
@@ -95,11 +100,15 @@ def scancel(job_id: str) -> None:
 
 
 def cancel_and_wait(job_id: str) -> None:
-    """scancel, then wait (at most CANCEL_WAIT_S) until the job has left the nodes."""
+    """scancel, then wait (at most CANCEL_WAIT_S seconds) until the job has left the nodes;
+    scancel again every RESEND_S seconds meanwhile (one may have been lost)."""
     scancel(job_id)
-    deadline = time.monotonic() + CANCEL_WAIT_S
+    start = sent = time.monotonic()
     while (live := live_state(job_id)) is not None and live.state in ACTIVE \
-            and time.monotonic() < deadline:
+            and time.monotonic() < start + CANCEL_WAIT_S:
+        if time.monotonic() - sent > RESEND_S:
+            scancel(job_id)
+            sent = time.monotonic()
         time.sleep(POLL_S)
 
 
@@ -117,10 +126,25 @@ def _pending_verdict(job_id: str, live: JobState, pending_s: float,
     return None
 
 
-def follow(job_id: str, run_dir, pending_timeout_min: float | None = None) -> Followed:
+def cancel_interrupted(job_id: str, signum: int) -> Followed:
+    """Cancel the job after the launcher received `signum` and wait until it has left the
+    nodes (at most CANCEL_WAIT_S); further signals meanwhile are held (recorded, not raised),
+    so that a second SIGTERM or a closing terminal cannot cut the cancel and the report."""
+    signame = signal.Signals(signum).name
+    with held():
+        print(f"mimo-launch: interrupted ({signame}), cancelling job {job_id}", flush=True)
+        cancel_and_wait(job_id)
+    return Followed(cancelled=True, interrupted_by=signame)
+
+
+def follow(job_id: str, run_dir, pending_timeout_min: float | None = None,
+           interrupted: int | None = None) -> Followed:
     """Wait until the job has left the nodes; print its state on each change (see the module
     docstring). Never raises on Ctrl-C, SIGTERM or SIGHUP: the job is cancelled, running or
-    pending, and `interrupted_by` set."""
+    pending, and `interrupted_by` set; `interrupted` (a signal that came while the job was
+    submitted) cancels it at once."""
+    if interrupted is not None:
+        return cancel_interrupted(job_id, interrupted)
     seen, failed_at, cancelled = None, None, False
     started = time.monotonic()
     try:
@@ -147,7 +171,4 @@ def follow(job_id: str, run_dir, pending_timeout_min: float | None = None) -> Fo
                 cancelled = True
             time.sleep(POLL_S)
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP (interrupts.install)
-        signame = signal.Signals(signal_of(exc)).name
-        print(f"mimo-launch: interrupted ({signame}), cancelling job {job_id}", flush=True)
-        cancel_and_wait(job_id)
-        return Followed(cancelled=True, interrupted_by=signame)
+        return cancel_interrupted(job_id, signal_of(exc))

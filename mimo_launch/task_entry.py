@@ -5,7 +5,8 @@ variables) and `torchrun_task` (torchrun's).
 started is the layout's (exit 2, rank 0 prints the one line); `run_rank_task` runs the rank with
 a per-rank status file and a SIGTERM guard and returns the task's exit code; rank 0 prints the
 verdict. Exit codes: rank 0 the report's (0 pass, 1 mismatch), other ranks 0 once they are done;
-2 bad input; 3 on a failure, every rank.
+2 bad input; 3 on a failure, every rank; 124 a rank whose teardown overran `timeout_s`
+(`phases.TeardownWatchdog`).
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ class StopOnSigterm:
 
     The signal's number arrives on a wakeup fd read by a thread; on rank 0 that thread first
     diagnoses the run through its own store client (`connect`) and writes report.json unless a
-    report is already there (other than one still waiting for the entry point to finish).
+    report is already there (other than one still waiting for the entry point to finish); to
+    a passing one it adds the ranks ended in teardown by their watchdog (the others' ending
+    stopped rank 0 while it waited for them: `PhaseTracker.teardown_stragglers`).
     `source` names who stops the task ('Slurm', 'torchrun') in the log and the report.
     """
 
@@ -126,11 +129,17 @@ class StopOnSigterm:
 
     def _report(self) -> None:
         from .diagnosis import diagnose
+        from .phases import TEARDOWN_PHASE, overdue_in_teardown, teardown_failure
         from .report import Report, module_summary, read_report, record_failure, write_report
 
         run_dir = Path(self.job.run_dir)
         report = read_report(run_dir)
         if report is not None and not report.awaiting_entrypoint:
+            # the verdict stands; a rank its watchdog ended in teardown is named beside it
+            overdue = overdue_in_teardown(self.probe, self.job.world_size)
+            if overdue and not report.failure:
+                write_report(run_dir, record_failure(report, teardown_failure(
+                    overdue, self.job.timeout_s), TEARDOWN_PHASE, overdue))
             return
         found = diagnose(self.probe, self.job.world_size, [],
                          f"{self.source} stopped the ranks: a task ended early or the job was "
@@ -148,7 +157,7 @@ def run_rank_task(job, rank: int, local_rank: int, source: str, rendezvous,
     `rendezvous()` -> the run's store, then `rank_runner.run_rank` on GPU `gpu_index(local_rank)`
     with nccl. Returns run_rank's code; raises on failure, like run_rank."""
     from .rank_runner import node_name, run_rank
-    from .rank_status import ENDINGS, RankStatus
+    from .rank_status import ENDINGS, TEARDOWN_OVERDUE, RankStatus
 
     status = RankStatus(Path(job.run_dir), rank, node_name())
     stopper = StopOnSigterm(job, rank, status, source)
@@ -156,7 +165,8 @@ def run_rank_task(job, rank: int, local_rank: int, source: str, rendezvous,
         store = rendezvous()
         stopper.connect(*master)
         local = gpu_index(local_rank) if job.device == "cuda" else local_rank
-        code = run_rank(job, rank, store, local_rank=local, on_phase=status.enter)
+        code = run_rank(job, rank, store, local_rank=local, on_phase=status.enter,
+                        on_teardown_overdue=lambda: status.end(TEARDOWN_OVERDUE))
     except BaseException:
         status.end("failed")
         raise

@@ -12,9 +12,11 @@ the other launchers (`rank_runner.run_rank`). Rank 0 writes report.json and prin
 `hydra.run.dir` must be the same on every node; the default is `outputs/torchrun-<run id>`
 (torchrun's `--rdzv-id`). Each worker's output goes to `<run dir>/logs/rank<N>.log` while it
 runs (`task_entry.rank_log`). Exit codes: rank 0 the report's (0 pass, 1 mismatch, 4 a health
-problem), other ranks 0 once done; 2 bad input; 3 a failure, on every rank. torchrun itself
-exits 0 or 1; report.json keeps the report's `exit_code`. When torchrun stops the workers (SIGTERM,
-after one of them failed) rank 0 first writes its diagnosis to report.json, as on Slurm.
+problem), other ranks 0 once done; 2 bad input; 3 a failure, on every rank; 124 a worker whose
+teardown overran `timeout_s` (`phases.TeardownWatchdog`; rank 0 names it beside the verdict).
+torchrun itself exits 0 or 1; report.json keeps the report's `exit_code`. When torchrun stops
+the workers (SIGTERM, after one of them failed) rank 0 first writes its diagnosis to
+report.json, as on Slurm.
 """
 
 from __future__ import annotations

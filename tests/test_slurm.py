@@ -135,6 +135,16 @@ def _gone(job_id: str, run_dir: Path, within_s: float = 10) -> bool:
     return False
 
 
+def _wait_until_hung(proc: subprocess.Popen, run_dir: Path, rank: int,
+                     within_s: float = 90) -> None:
+    """Wait until `rank`'s log shows its injected hang; fail if the launcher ends first."""
+    log = run_dir / "logs" / f"rank{rank}.log"
+    deadline = time.monotonic() + within_s
+    while not (log.exists() and "hangs" in log.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None, f"rank {rank} never hung"
+        time.sleep(0.2)
+
+
 def _last_job_id() -> int:
     out = subprocess.run(["sacct", "-X", "-n", "-P", "-a", "-o", "JobID", "-S", "now-1days"],
                          capture_output=True, text=True).stdout.split()
@@ -249,11 +259,7 @@ def test_cancelled_job_is_reported_with_its_state(slurm_cluster, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     job_id = _job_id(proc.stdout.readline())
-    log = run_dir / "logs" / "rank1.log"
-    deadline = time.monotonic() + 80
-    while not (log.exists() and "hangs" in log.read_text()):
-        assert time.monotonic() < deadline and proc.poll() is None, "rank 1 never hung"
-        time.sleep(0.2)
+    _wait_until_hung(proc, run_dir, 1, within_s=80)
     cancelled = time.monotonic()
     subprocess.run(["scancel", job_id], check=True)
     out, err = proc.communicate(timeout=60)

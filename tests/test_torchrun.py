@@ -91,6 +91,24 @@ def test_a_health_problem_is_exit_4_in_rank_0s_report_and_1_for_the_shell(tmp_pa
     assert 5 in report["health"]["suspects"]["ranks"], report["health"]["suspects"]
 
 
+def test_a_worker_hung_in_teardown_is_stopped_and_named_the_verdict_kept(tmp_path):
+    """After a passing verification rank 6 hangs while destroying its groups: its own
+    watchdog ends it timeout_s later (exit 124), rank 0, waiting for every rank's teardown,
+    names it; torchrun's agents do not wait forever."""
+    out = tmp_path / "run"
+    agents = torchrun_agents(tmp_path, f"hydra.run.dir={out}", "fault.hang_rank=6",
+                             "fault.phase=teardown", "timeout_s=10", timeout=150)
+    logs = "\n".join(a.stdout for a in agents)
+    assert all(a.returncode != 0 for a in agents), logs[-3000:]
+    assert "mimo-launch verification PASSED, teardown FAILED" in logs, logs[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert (report["failed_phase"], report["failed_ranks"], report["mismatches"]) == \
+        ("teardown", [6], []), report
+    assert report["failure"].startswith("phase 'teardown': rank(s) 6 did not end within 10s "
+                                        "of entering phase 'teardown'; stopped"), report
+    assert "exitcode  : 124" in logs
+
+
 def test_a_world_of_the_wrong_size_is_refused_with_exit_2(tmp_path):
     agents = torchrun_agents(tmp_path, f"hydra.run.dir={tmp_path / 'run'}", nnodes=1, nproc=2)
     log = agents[0].stdout
