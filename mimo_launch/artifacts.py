@@ -112,19 +112,26 @@ def _draw_health(health: dict, stem: Path) -> list[Path]:
 
 
 def finish_run(settings: LaunchSettings, report: Report, came: list[int]) -> None:
-    """After a local run: the verdict first, then report.md and the rank map.
-
-    Once the ranks have ended, the verdict stands: `came` is the run's hold
-    (`interrupts.held` inside `interrupts.one_run`), where signals are recorded instead of
-    raised. One recorded before or while the verdict prints, or arriving while report.md and
-    the rank map are written (the one `stoppable` window), stops only those files, which a note
-    then names; the exit code stays the report's."""
+    """After a local run: the verdict first, then report.md and the rank map
+    (`files_after_verdict`)."""
     from .console import print_final
-    from .interrupts import describe, signal_of, stoppable
 
     plan = plan_for(settings)
     print_final(with_modules(report, plan), plan)
     print(f"report: {Path(settings.run_dir) / 'report.json'}", flush=True)
+    files_after_verdict(settings, report, came, plan)
+
+
+def files_after_verdict(settings: LaunchSettings, report: Report, came: list[int],
+                        plan: Plan | None = None) -> None:
+    """Write report.md and the rank map once the verdict is printed, and name them.
+
+    The verdict stands: `came` is the run's hold (`interrupts.held(lasting=True)` inside
+    `interrupts.one_run`), where signals are recorded instead of raised. One recorded before,
+    or arriving while the files are written (the one `stoppable` window), stops only the
+    files, which a note then names; the exit code stays the report's."""
+    from .interrupts import describe, signal_of, stoppable
+
     paths: list[Path] = []
     try:
         if not came:
@@ -149,13 +156,14 @@ def _print_paths(paths: list[Path]) -> None:
               + (" (and .svg)" if path.suffix == ".png" else ""))
 
 
-def artifacts_after(settings: LaunchSettings) -> None:
-    """After a launcher that printed its own verdict (Slurm): the files, if a report exists."""
+def artifacts_after(settings: LaunchSettings, came: list[int]) -> None:
+    """After a launcher that printed its own verdict (Slurm): the files, if a report exists
+    (`files_after_verdict`; `came`: the run's hold)."""
     report = read_report(Path(settings.run_dir))
-    if report is None:
-        return
-    _print_paths(write_artifacts(settings, report))
+    if report is not None:
+        files_after_verdict(settings, report, came)
 
 
-__all__ = ["run_plan", "finish_run", "write_artifacts", "artifacts_after", "plan_for",
+__all__ = ["run_plan", "finish_run", "files_after_verdict", "write_artifacts", "artifacts_after",
+           "plan_for",
            "bad_ranks"]

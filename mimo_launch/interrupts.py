@@ -8,11 +8,12 @@ process killed by it: 130 SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP.
 
 `held()` holds the three back over a block that must not be cut (stopping the ranks, writing
 the report, printing the verdict): a signal is recorded in the block's list instead of raised.
-Inside `one_run()`, the launcher's frame around one local run, the first `held()` block holds
-for the rest of the run: once the ranks have ended the verdict stands, and no signal may land
-between two blocks; `held_in_last_run()` tells a sweep which came, so that it stops before its
-next point. `stoppable()` opens the one window a held signal may cut (report.md and the rank
-map, after the verdict).
+Inside `one_run()`, the launcher's frame around one run (local or Slurm), a `held(lasting=True)`
+block, the one that starts when the ranks or the job have ended, holds for the rest of the run:
+from there on the verdict stands, and no signal may land between two blocks;
+`held_in_last_run()` tells a sweep which came, so that it stops before its next point.
+`stoppable()` opens the one window a held signal may cut (report.md and the rank map, after the
+verdict).
 """
 
 from __future__ import annotations
@@ -78,17 +79,17 @@ def exit_code(signum: int) -> int:
 
 
 @contextmanager
-def held() -> Iterator[list[int]]:
+def held(lasting: bool = False) -> Iterator[list[int]]:
     """Run the block with SIGINT, SIGTERM and SIGHUP held back: the block gets a list, and the
     signals that arrive are appended to it instead of raising. Nested blocks share the outer
-    list. After the block the signals raise again, unless it started inside `one_run()`: then
-    they stay held (and recorded in the same list) until that run ends."""
+    list. After the block the signals raise again, unless it is `lasting` and inside
+    `one_run()`: then they stay held (and recorded in the same list) until that run ends."""
     if _State.came is not None:  # nested, or a run's hold already on
         yield _State.came
         return
     saved = {s: signal.signal(s, _handle) for s in HANDLED}
     _State.came = came = []
-    if _State.in_run:
+    if lasting and _State.in_run:
         yield came  # lasts: one_run() lets go
         return
     try:
@@ -101,8 +102,8 @@ def held() -> Iterator[list[int]]:
 
 @contextmanager
 def one_run() -> Iterator[None]:
-    """The launcher's frame around one local run: a `held()` block inside it holds until the
-    frame ends (the ranks have ended: from there on the verdict stands)."""
+    """The launcher's frame around one run: a `held(lasting=True)` block inside it holds until
+    the frame ends (the ranks have ended: from there on the verdict stands)."""
     _State.in_run, _State.last_run = True, []
     try:
         yield

@@ -56,12 +56,14 @@ def launch(settings: LaunchSettings) -> int:
     come from `app_config.claim_output` (allocation checked, run directory claimed)."""
     launcher = settings.cluster.get("launcher")
     if launcher == "slurm":
+        from .artifacts import artifacts_after
+        from .interrupts import held, one_run
         from .slurm_launcher import launch_slurm
 
-        code = launch_slurm(settings)
-        from .artifacts import artifacts_after
-
-        artifacts_after(settings)
+        with one_run():  # from the job's end on, signals are held: the verdict stands
+            code = launch_slurm(settings)
+            with held(lasting=True) as came:
+                artifacts_after(settings, came)
         return code
     if launcher != "local":
         print(f"mimo-launch: error: unknown cluster.launcher {launcher!r}", file=sys.stderr)
@@ -84,7 +86,7 @@ def launch(settings: LaunchSettings) -> int:
     with one_run():  # from the ranks' end on, signals are held: the verdict stands
         with PhaseProgress(settings.world_size, on_first_tick=warm_up) as progress:
             report = launch_local(rank_job(settings), on_tick=progress)
-            with held() as came:
+            with held(lasting=True) as came:
                 progress.finish(report)
         finish_run(settings, report, came)  # verdict, then report.md and the rank map
     return report.exit_code

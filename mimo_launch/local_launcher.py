@@ -230,7 +230,7 @@ def _wait(pids: dict[int, int], watchdog_s: float, store, on_tick,
         interrupted = signal.Signals(signal_of(exc)).name
         reason = f"interrupted ({describe(signal_of(exc))})"
     finally:
-        with held():  # a second Ctrl-C or SIGTERM does not cut the stopping short
+        with held(lasting=True):  # a second signal does not cut the stopping short
             exits += _terminate(pids)
     return LocalRun(exits, reason, interrupted, store, hung)
 
@@ -267,7 +267,7 @@ def launch_local(job: RankJob, watchdog_s: float | None = None,
     run = fork_ranks(job.world_size, Path(job.run_dir), job.timeout_s,
                      lambda rank, store: run_rank(job, rank, store, local_rank=rank),
                      watchdog_s, on_tick)
-    with held():  # the ranks have ended: the report is written whole
+    with held(lasting=True):  # the ranks have ended: the report is written whole
         report = read_report(Path(job.run_dir))
         if run.ok and report is not None:
             return report

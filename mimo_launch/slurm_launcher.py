@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .app_config import LaunchSettings, UsageError
 from .compat import sbatch_script
-from .interrupts import describe, exit_code, held
+from .interrupts import describe, exit_code, held, one_run
 from .launch import rank_job
 from .report import REPORT_NAME, format_summary, read_report
 from .slurm_report import JobFiles, conclude
@@ -93,7 +93,7 @@ def follow_and_report(job, job_id: str, files: JobFiles, settings: LaunchSetting
     if report is None:  # not concluded yet: follow the job (at once if it has ended)
         followed = follow(job_id, files.run_dir, settings.cluster.get("pending_timeout_min"),
                           interrupted)
-    with held():  # the job has ended: its report is written and printed whole
+    with held(lasting=True):  # the job has ended: its report is written and printed whole
         if report is None:
             report = conclude(job, job_id, files, followed)
             record_path.write_text(json.dumps(record | {"concluded": True}, indent=2) + "\n")
@@ -125,7 +125,9 @@ def collect(run_dir: str) -> int:
     job = replace(rank_job(settings), device=record["device"])
     job_id = str(record["job_id"])
     print(f"mimo-launch: collecting job {job_id}; output in {path}", flush=True)
-    code = follow_and_report(job, job_id, JobFiles(path, Path(record["submitit_folder"]),
-                                                   job_id), settings)
-    artifacts_after(settings)
+    with one_run():  # from the job's end on, signals are held: the verdict stands
+        code = follow_and_report(job, job_id, JobFiles(path, Path(record["submitit_folder"]),
+                                                       job_id), settings)
+        with held(lasting=True) as came:
+            artifacts_after(settings, came)
     return code

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if me.rank == 0:
         from .artifacts import artifacts_after
 
-        artifacts_after(settings)  # report.md and the rank map, as mimo-launch writes them
+        artifacts_after(settings, [])  # report.md and the rank map, as mimo-launch writes them
     return code
 
 

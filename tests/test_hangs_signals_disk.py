@@ -117,7 +117,14 @@ from mimo_launch import interrupts as i
 i.install()
 seen = []
 with i.one_run():
-    with i.held() as came:
+    with i.held():
+        pass
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # after a block that does not last: raised
+        seen.append("held after a plain block")
+    except KeyboardInterrupt as exc:
+        seen.append(i.describe(i.signal_of(exc)))
+    with i.held(lasting=True) as came:
         pass
     os.kill(os.getpid(), signal.SIGTERM)  # between two blocks: the hold lasts
     with i.held() as again:
@@ -146,7 +153,7 @@ def test_a_signal_between_two_held_blocks_of_a_run_is_held_not_raised():
     out = subprocess.run([sys.executable, "-c", _HOLD_SCRIPT], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.strip() == ("['Ctrl-C', ['SIGTERM', 'SIGHUP', 'Ctrl-C'], True, "
+    assert out.stdout.strip() == ("['SIGTERM', 'Ctrl-C', ['SIGTERM', 'SIGHUP', 'Ctrl-C'], True, "
                                   "'SIGTERM']")
 
 

@@ -154,3 +154,24 @@ def test_a_rank_hung_in_teardown_is_stopped_and_named_not_left_to_the_time_limit
     job_id = _job_id(proc.stdout)
     assert final_state(job_id)[0] == "FAILED"
     assert _gone(job_id, run_dir)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_after_the_slurm_verdict_keeps_it(slurm_cluster, sig, tmp_path):
+    """As locally: once the job has ended and its verdict is printed, a signal stops only
+    report.md and the rank map (fault.artifacts_delay_s holds them back 30 s); exit 0,
+    report.json passed."""
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, "fault.artifacts_delay_s=30")
+    _read_until(proc, "report: ", 150)
+    _send(proc, sig)
+    out, err = proc.communicate(timeout=60)  # past the 30 s delay: the rule, not its speed
+    assert proc.returncode == 0, out + err
+    assert "Traceback" not in out + err
+    assert err.endswith(f"mimo-launch: interrupted ({sig.name}) after the verdict: report.md "
+                        f"and the rank map were not written; the verdict above and report.json "
+                        f"stand\n"), err
+    assert json.loads((run_dir / "report.json").read_text())["passed"] is True
+    assert not (run_dir / "report.md").exists()
