@@ -19,10 +19,10 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from mimo_launch.group_kinds import GRID_DIMS, GRID_GROUPS, dims_of
-from mimo_launch.layout_oracle import expected_layout
+from mimo_launch.checks.verify import verify
+from mimo_launch.layout.group_kinds import GRID_DIMS, GRID_GROUPS, dims_of
+from mimo_launch.layout.layout_oracle import expected_layout
 from mimo_launch.mimo_builder import HyperCommGrid, build_mimo_groups
-from mimo_launch.verify import verify
 
 from .common import counting_new_groups, destroy_groups, in_world, layout, median, timed_collective
 

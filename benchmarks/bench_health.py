@@ -70,10 +70,10 @@ def plain_busbw(run_dir: Path, world: int) -> float:
 
 
 def run_once(world: int) -> dict:
-    from mimo_launch.health_config import HealthSettings
-    from mimo_launch.local_launcher import launch_local
-    from mimo_launch.pg_collections import process_group_collection_class
-    from mimo_launch.rank_runner import RankJob
+    from mimo_launch.groups.pg_collections import process_group_collection_class
+    from mimo_launch.launchers.local_launcher import launch_local
+    from mimo_launch.rank.rank_runner import RankJob
+    from mimo_launch.settings.health_config import HealthSettings
 
     process_group_collection_class()  # megatron-core's package init once, as `launch` does
 

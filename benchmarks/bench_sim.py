@@ -21,9 +21,9 @@ import torch.distributed as dist
 from torch.testing._internal.distributed.fake_pg import FakeStore  # noqa: E402  (registers "fake")
 
 from mimo_launch import compat
-from mimo_launch.group_factory import GroupFactory
-from mimo_launch.group_kinds import GRID_GROUPS, dims_of
-from mimo_launch.layout_oracle import expected_layout
+from mimo_launch.groups.group_factory import GroupFactory
+from mimo_launch.layout.group_kinds import GRID_GROUPS, dims_of
+from mimo_launch.layout.layout_oracle import expected_layout
 from mimo_launch.mimo_builder import MimoGroups, ModuleGroups, _build_grids, _embedding_groups
 
 from .common import layout, median, vm_hwm_kib

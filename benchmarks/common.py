@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.distributed import distributed_c10d as c10d
 
 from mimo_launch.compat import is_group_member
-from mimo_launch.gloo_world import run_gloo_world
+from mimo_launch.launchers.gloo_world import run_gloo_world
 from mimo_launch.mimo_config import MimoParallelismConfig, short_layout
 
 

@@ -25,7 +25,9 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402,F401
 
 T_TORCH = time.perf_counter()
-from mimo_launch import cli, hydra_app, launch, local_launcher  # noqa: E402,F401
+from mimo_launch import cli  # noqa: E402,F401
+from mimo_launch.app import hydra_app, launch  # noqa: E402,F401
+from mimo_launch.launchers import local_launcher  # noqa: E402
 
 T_IMPORTS = time.perf_counter()
 PHASES = {"validate + claim (LaunchCallback.on_run_start)": (hydra_app.LaunchCallback,
@@ -56,7 +58,7 @@ def main() -> None:
     for label, (module, name) in PHASES.items():
         _wrap(times, label, module, name)
     try:
-        from mimo_launch import artifacts
+        from mimo_launch.reports import artifacts
         _wrap(times, "report + rank map (finish_run)", artifacts, "finish_run")
     except ImportError:
         times["report + rank map (finish_run)"] = None

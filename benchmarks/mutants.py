@@ -27,11 +27,13 @@ import numpy as np
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from mimo_launch import group_factory, mimo_builder, rank_runner
-from mimo_launch.app_config import conf_dir, layout_from
-from mimo_launch.local_launcher import launch_local
-from mimo_launch.rank_runner import RankJob
-from mimo_launch.report import Report
+from mimo_launch import mimo_builder
+from mimo_launch.groups import group_factory
+from mimo_launch.launchers.local_launcher import launch_local
+from mimo_launch.rank import rank_runner
+from mimo_launch.rank.rank_runner import RankJob
+from mimo_launch.reports.report import Report
+from mimo_launch.settings.app_config import conf_dir, layout_from
 
 SKIPPED_PRESETS = ("large_16k",)  # planning only: 16,384 ranks
 

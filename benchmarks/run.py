@@ -34,7 +34,7 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def oracle(repeats: int) -> list[dict]:
-    from mimo_launch.layout_oracle import expected_layout
+    from mimo_launch.layout.layout_oracle import expected_layout
 
     out = []
     for w in ORACLE_WORLDS:

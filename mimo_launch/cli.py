@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["collect"]:  # mimo-launch collect <run dir>: a submitted Slurm job
         if len(args) != 2:
             return _error("usage: mimo-launch collect <run dir>")
-        from .slurm_launcher import collect
+        from .launchers.slurm_launcher import collect
 
         return collect(args[1])
-    from .hydra_app import run
+    from .app.hydra_app import run
 
     return run(args)
 
@@ -45,7 +45,7 @@ def entry() -> None:
     fsynced) and every rank has ended, so the interpreter's teardown of torch, megatron-core
     and matplotlib (~0.15 s) is skipped: flush, then leave at once.
     """
-    from .interrupts import describe, exit_code, install, signal_of
+    from .app.interrupts import describe, exit_code, install, signal_of
 
     install()  # SIGTERM and SIGHUP: as Ctrl-C
     try:

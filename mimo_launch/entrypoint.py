@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .groups.pg_collections import MimoProcessGroups
 from .mimo_config import MimoParallelismConfig
-from .pg_collections import MimoProcessGroups
-from .phases import ENTRYPOINT_PHASE, PhaseTracker
+from .rank.phases import ENTRYPOINT_PHASE, PhaseTracker
 
 EXIT_FAILURE = 3
 _SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")

@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 
 from . import compat
-from .group_factory import GroupFactory, paused_gc
-from .group_kinds import GRID_DIMS, GRID_GROUPS, dims_of
+from .groups.group_factory import GroupFactory, paused_gc
+from .layout.group_kinds import GRID_DIMS, GRID_GROUPS, dims_of
 from .mimo_config import MimoParallelismConfig, as_mimo_config
 
 HyperCommGrid = compat.load_hypercomm_grid()

@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .task_entry import EXIT_USAGE
+from .rank.task_entry import EXIT_USAGE
 
 # Rendezvous ports 20000-31999: below Linux's ephemeral range (32768-60999 by default), where any
 # outgoing connection on the node may hold a port for a while.
@@ -105,7 +105,7 @@ def run_task(job) -> int:
 
     Raises on failure, like run_rank. The allocation must have `job.world_size` tasks.
     """
-    from .task_entry import log_to_rank_file, run_rank_task
+    from .rank.task_entry import log_to_rank_file, run_rank_task
 
     me = slurm_rank()
     if me.world_size != job.world_size:
@@ -128,7 +128,7 @@ def rendezvous_store(me: SlurmRank, timeout_s: float):
     the port and `MIMO_MASTER_PORT` when rank 0 cannot listen on it (another process holds it)."""
     import torch.distributed as dist
 
-    from .rank_runner import tcp_store
+    from .rank.rank_runner import tcp_store
 
     try:
         return tcp_store(me.rank, me.world_size, me.master_addr, me.master_port, timeout_s)
@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         tasks = me.world_size
         if not any(a.startswith("hydra.run.dir=") for a in args):
             args.append(f"hydra.run.dir=outputs/slurm-{me.job_id}")
-    from .launch import rank_job
-    from .task_entry import finish_task, task_settings
+    from .app.launch import rank_job
+    from .rank.task_entry import finish_task, task_settings
 
     found = task_settings("mimo_launch.slurm_task", me is None or me.rank == 0, args, tasks,
                           f"the allocation has {tasks} tasks (SLURM_NTASKS: nodes x "

@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from .task_entry import EXIT_USAGE
+from .rank.task_entry import EXIT_USAGE
 
 PROG = "mimo_launch.torchrun_task"
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         args.insert(0, "cluster=torchrun")
     if not any(a.startswith("hydra.run.dir=") for a in args):
         args.append(f"hydra.run.dir=outputs/torchrun-{me.run_id}")
-    from .launch import rank_job
-    from .task_entry import finish_task, rank_log, run_rank_task, task_settings
+    from .app.launch import rank_job
+    from .rank.task_entry import finish_task, rank_log, run_rank_task, task_settings
 
     found = task_settings(PROG, me.rank == 0, args, me.world_size,
                           f"torchrun started {me.world_size} workers (WORLD_SIZE: nnodes x "
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     code = finish_task(me.rank, settings, run)
     if me.rank == 0:
-        from .artifacts import artifacts_after
+        from .reports.artifacts import artifacts_after
 
         artifacts_after(settings, [])  # report.md and the rank map, as mimo-launch writes them
     return code

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mimo_launch.gloo_world import WorldFailed, run_gloo_world
+from mimo_launch.launchers.gloo_world import WorldFailed, run_gloo_world
 from mimo_launch.mimo_config import MimoParallelismConfig, short_layout
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def collect_memberships(cfg: MimoParallelismConfig):
     them (straight from dist.get_process_group_ranks), plus its stage flags."""
     import torch.distributed as dist
 
-    from mimo_launch.layout_oracle import SPEC_GRID_KINDS
+    from mimo_launch.layout.layout_oracle import SPEC_GRID_KINDS
     from mimo_launch.mimo_builder import build_mimo_groups
 
     def ranks(group):
@@ -121,7 +121,7 @@ def collect_memberships(cfg: MimoParallelismConfig):
 def assert_memberships_match(results: list, cfg: MimoParallelismConfig, world_size: int):
     """Every rank's groups and stage flags equal the oracle's, for every kind of SPEC's list
     (the oracle's own, not the builder's)."""
-    from mimo_launch.layout_oracle import SPEC_KINDS, expected_layout
+    from mimo_launch.layout.layout_oracle import SPEC_KINDS, expected_layout
 
     exp = expected_layout(cfg, world_size)
     for rank, got in enumerate(results):

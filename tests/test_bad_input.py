@@ -143,7 +143,7 @@ def test_bad_input_exits_2_with_one_line(name, tmp_path):
 def test_boolean_words_are_read_strictly():
     """`dry_run=no` (a string to Hydra) once counted as true: every boolean word means what it
     says, in any case."""
-    from mimo_launch.app_config import load_settings
+    from mimo_launch.settings.app_config import load_settings
 
     for word, value in [("no", False), ("No", False), ("0", False), ("false", False),
                         ("yes", True), ("TRUE", True), ("1", True)]:

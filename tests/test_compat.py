@@ -13,7 +13,7 @@ import pytest
 import torch.distributed as dist
 
 from mimo_launch import compat
-from mimo_launch.group_kinds import GRID_DIMS, GRID_GROUPS, dims_of
+from mimo_launch.layout.group_kinds import GRID_DIMS, GRID_GROUPS, dims_of
 from mimo_launch.mimo_builder import HyperCommGrid
 
 KINDS = [dims_of(kind) for kind in GRID_GROUPS]

@@ -6,8 +6,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from conftest import REPO
-from mimo_launch.config_keys import AppKeys, MimoKeys, check_keys, suggest_for_path
-from mimo_launch.config_schema import SchemaError
+from mimo_launch.settings.config_keys import AppKeys, MimoKeys, check_keys, suggest_for_path
+from mimo_launch.settings.config_schema import SchemaError
 
 
 def test_the_shipped_top_level_config_fits_the_typed_schema():

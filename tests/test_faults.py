@@ -12,8 +12,8 @@ import time
 import pytest
 
 from conftest import MIMO_LAUNCH, run_cli
-from mimo_launch.phases import PHASES
-from mimo_launch.report import write_json_atomic
+from mimo_launch.rank.phases import PHASES
+from mimo_launch.reports.report import write_json_atomic
 
 TIMEOUT_S = 3
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from conftest import layout
 from mimo_launch import compat
-from mimo_launch.group_kinds import GRID_GROUPS, dims_of
+from mimo_launch.layout.group_kinds import GRID_GROUPS, dims_of
 from mimo_launch.mimo_builder import (
     HyperCommGrid,
     build_hypercomm_grids,

@@ -8,14 +8,14 @@ import torch
 import torch.distributed as dist
 
 from conftest import assert_memberships_match, collect_memberships, layout
-from mimo_launch.local_launcher import launch_local
+from mimo_launch.launchers.local_launcher import launch_local
 from mimo_launch.mimo_builder import (
     build_mimo_groups,
     is_pp_first_stage,
     is_pp_last_stage,
     populate_embedding_and_position_groups,
 )
-from mimo_launch.rank_runner import RankJob
+from mimo_launch.rank.rank_runner import RankJob
 
 LAYOUTS = {
     "vlm_8": (layout(vision=dict(tp=2, dp=2), language=dict(pp=2, dp=2, rank_offset=4)), 8),
@@ -134,7 +134,7 @@ def test_the_verifier_fails_on_another_layout(tmp_path):
 def test_a_world_destroyed_behind_our_back_gets_fresh_groups(tmp_path, run_world):
     """Build, destroy the world with plain torch (not MimoGroups.destroy), init a new world on
     a new store and build again: every group must be created anew and be right."""
-    from mimo_launch.rank_runner import init_distributed
+    from mimo_launch.rank.rank_runner import init_distributed
 
     cfg, world_size = LAYOUTS["single_8"]
 
@@ -161,7 +161,7 @@ def test_a_world_destroyed_behind_our_back_gets_fresh_groups(tmp_path, run_world
 def test_the_failure_path_collects_a_bounded_number_of_member_lists(tmp_path, monkeypatch):
     """Every mismatch is listed, but only MAX_DETAILED of them carry the actual member list
     (sent by the rank concerned); the rest summarise the actual group by size, min and max."""
-    from mimo_launch import verify as verify_module
+    from mimo_launch.checks import verify as verify_module
 
     built = layout(language=dict(tp=2, pp=2))
     other = layout(language=dict(tp=2, pp=1))

@@ -113,7 +113,7 @@ def test_an_interrupt_after_the_verdict_keeps_the_verdict(sig, tmp_path):
 
 _HOLD_SCRIPT = """
 import os, signal, sys
-from mimo_launch import interrupts as i
+from mimo_launch.app import interrupts as i
 i.install()
 seen = []
 with i.one_run():

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from conftest import layout, run_cli
-from mimo_launch.health import boundary_links, measured_kinds, pipeline_links, plan_steps
-from mimo_launch.health_config import MIB, check_memory, health_settings
-from mimo_launch.health_report import analyse, bus_factor, join_groups
+from mimo_launch.checks.health import boundary_links, measured_kinds, pipeline_links, plan_steps
+from mimo_launch.checks.health_report import analyse, bus_factor, join_groups
+from mimo_launch.settings.health_config import MIB, check_memory, health_settings
 
 # ---- the numbers, by nccl-tests' conventions, on timings written by hand ---------------------
 

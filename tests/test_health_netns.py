@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from conftest import layout, require_root
-from mimo_launch.health_config import HealthSettings
-from mimo_launch.local_launcher import fork_ranks
-from mimo_launch.rank_runner import RankJob, run_rank
-from mimo_launch.report import read_report
+from mimo_launch.launchers.local_launcher import fork_ranks
+from mimo_launch.rank.rank_runner import RankJob, run_rank
+from mimo_launch.reports.report import read_report
+from mimo_launch.settings.health_config import HealthSettings
 
 HOSTS = 4
 SLOW = 3  # the host whose link gets the delay

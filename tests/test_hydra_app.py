@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MIMO_LAUNCH, run_cli
-from mimo_launch.sweep import worst
+from mimo_launch.app.sweep import worst
 
 
 def _one_error_line(proc) -> str:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from conftest import layout
-from mimo_launch.layout_oracle import SPEC_GRID_KINDS as GRID_GROUPS
-from mimo_launch.layout_oracle import SPEC_KINDS as ALL_GROUPS
-from mimo_launch.layout_oracle import expected_layout
+from mimo_launch.layout.layout_oracle import SPEC_GRID_KINDS as GRID_GROUPS
+from mimo_launch.layout.layout_oracle import SPEC_KINDS as ALL_GROUPS
+from mimo_launch.layout.layout_oracle import expected_layout
 
 
 def test_spec_worked_example():

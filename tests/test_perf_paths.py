@@ -19,11 +19,11 @@ from torch.testing._internal.distributed.fake_pg import FakeStore
 
 from conftest import layout
 from mimo_launch import compat
-from mimo_launch.group_factory import GroupFactory
-from mimo_launch.group_kinds import GRID_GROUPS, dims_of
-from mimo_launch.layout_oracle import expected_layout
+from mimo_launch.checks.verify import decode_host, encode_host
+from mimo_launch.groups.group_factory import GroupFactory
+from mimo_launch.layout.group_kinds import GRID_GROUPS, dims_of
+from mimo_launch.layout.layout_oracle import expected_layout
 from mimo_launch.mimo_builder import MimoGroups, ModuleGroups, _build_grids, _embedding_groups
-from mimo_launch.verify import decode_host, encode_host
 
 WORLD = 256
 CFG = layout(vision=dict(tp=4, dp=32, rank_offset=0),

@@ -8,15 +8,15 @@ import pytest
 import torch.distributed as dist
 
 from conftest import layout
-from mimo_launch.layout_oracle import expected_layout
-from mimo_launch.pg_collections import (
+from mimo_launch.checks.verify import verify
+from mimo_launch.groups.pg_collections import (
     COLLECTION_FIELDS,
     build_mimo_process_groups,
     check_topology,
     default_topology,
     process_group_collection_class,
 )
-from mimo_launch.verify import verify
+from mimo_launch.layout.layout_oracle import expected_layout
 
 VLM_16 = layout(vision=dict(tp=2, etp=2, dp=2), language=dict(cp=2, pp=4, dp=1, rank_offset=8))
 VLM_8 = layout(vision=dict(tp=2, dp=2), language=dict(pp=2, dp=2, rank_offset=4))

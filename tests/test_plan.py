@@ -10,9 +10,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO, layout, run_cli
-from mimo_launch.app_config import layout_from
-from mimo_launch.plan import MAX_PLAN_RANKS, format_members, format_plan, make_plan
-from mimo_launch.rank_text import format_rank_set
+from mimo_launch.layout.plan import MAX_PLAN_RANKS, format_members, format_plan, make_plan
+from mimo_launch.layout.rank_text import format_rank_set
+from mimo_launch.settings.app_config import layout_from
 
 PRESETS = sorted(p.stem for p in (REPO / "conf" / "mimo").glob("*.yaml"))
 

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import assert_memberships_match, collect_memberships, world
-from mimo_launch.group_kinds import GRID_GROUPS, dims_of
-from mimo_launch.layout_oracle import expected_layout
+from mimo_launch.layout.group_kinds import GRID_GROUPS, dims_of
+from mimo_launch.layout.layout_oracle import expected_layout
 from mimo_launch.mimo_config import MimoParallelismConfig, ModuleParallelismConfig
 
 NAMES = ["language", "vision", "audio", "video"]

@@ -11,17 +11,17 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import REPO, layout, run_cli
-from mimo_launch.app_config import layout_from
-from mimo_launch.console import PhaseProgress, print_final
-from mimo_launch.plan import make_plan
-from mimo_launch.rankmap import (
+from mimo_launch.layout.plan import make_plan
+from mimo_launch.reports.console import PhaseProgress, print_final
+from mimo_launch.reports.rankmap import (
     FAIL_COLOUR,
     MAX_DRAWN_NODES,
     MODULE_COLOURS,
     draw_rankmap,
     figure_size,
 )
-from mimo_launch.report import Report
+from mimo_launch.reports.report import Report
+from mimo_launch.settings.app_config import layout_from
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
@@ -196,8 +196,8 @@ def test_final_table_on_a_terminal_and_plain_text_elsewhere(capsys):
 
 def test_aggregated_node_labels_name_every_stage_on_the_node():
     """With PP3 and TP1, a node of 8 ranks holds stages 0, 1 and 2 (not just its ends')."""
-    from mimo_launch.plan import make_plan
-    from mimo_launch.rankmap import _node_label
+    from mimo_launch.layout.plan import make_plan
+    from mimo_launch.reports.rankmap import _node_label
 
     plan = make_plan(layout(language=dict(pp=3, dp=256)), 768)
     assert _node_label(plan, "language", 0, 8) == "P0-2"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MIMO_LAUNCH, run_cli
-from mimo_launch.run_dir import RUN_MARKER, RunDirError, claim_run_dir
+from mimo_launch.settings.run_dir import RUN_MARKER, RunDirError, claim_run_dir
 
 
 def _claim(path: str, start, out) -> None:

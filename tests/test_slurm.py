@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import MIMO_LAUNCH, REPO
-from mimo_launch.app_config import UsageError, load_settings
-from mimo_launch.slurm_report import task_errors
-from mimo_launch.slurm_submit import allocation, warning_signal_s
+from mimo_launch.launchers.slurm_report import task_errors
+from mimo_launch.launchers.slurm_submit import allocation, warning_signal_s
+from mimo_launch.settings.app_config import UsageError, load_settings
 from mimo_launch.slurm_task import SlurmRank, first_node, master_port, rendezvous_store, slurm_rank
 
 SBATCH_SCRIPT = REPO / "slurm" / "mimo_launch.sbatch"

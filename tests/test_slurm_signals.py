@@ -16,7 +16,7 @@ import pytest
 from test_slurm import _cli, _gone, _job_id, _wait_until_hung
 
 from conftest import MIMO_LAUNCH
-from mimo_launch.slurm_watch import final_state
+from mimo_launch.launchers.slurm_watch import final_state
 
 # SIGTERM to the launcher alone (as `timeout` sends it), SIGHUP to its whole process group (as
 # a closing terminal or a CI runner's cancel sends it: squeue, sacct and scancel get it too)

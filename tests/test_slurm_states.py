@@ -16,8 +16,8 @@ import pytest
 from test_slurm import _cli, _gone, _job_id, _last_job_id
 
 from conftest import MIMO_LAUNCH, REPO
-from mimo_launch.slurm_report import blame_dead
-from mimo_launch.slurm_watch import final_state
+from mimo_launch.launchers.slurm_report import blame_dead
+from mimo_launch.launchers.slurm_watch import final_state
 
 SBATCH_SCRIPT = REPO / "slurm" / "mimo_launch.sbatch"
 

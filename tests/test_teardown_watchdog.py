@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from mimo_launch.phases import EXIT_TEARDOWN_OVERDUE
+from mimo_launch.rank.phases import EXIT_TEARDOWN_OVERDUE
 
 _SCRIPT = """
 import ctypes, sys, time
-from mimo_launch.phases import TeardownWatchdog
+from mimo_launch.rank.phases import TeardownWatchdog
 how = sys.argv[1]
 with TeardownWatchdog(3, 1.0, on_overdue=lambda: print("on_overdue called", flush=True)):
     if how == "hang":

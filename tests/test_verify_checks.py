@@ -16,10 +16,10 @@ import torch.distributed as dist
 
 from conftest import MIMO_LAUNCH, layout
 from mimo_launch import mimo_builder
-from mimo_launch.group_kinds import GRID_GROUPS
-from mimo_launch.layout_oracle import SPEC_GRID_KINDS, SPEC_KINDS, expected_layout
+from mimo_launch.checks.verify import verify
+from mimo_launch.layout.group_kinds import GRID_GROUPS
+from mimo_launch.layout.layout_oracle import SPEC_GRID_KINDS, SPEC_KINDS, expected_layout
 from mimo_launch.mimo_builder import build_mimo_groups
-from mimo_launch.verify import verify
 
 SINGLE_8 = layout(language=dict(tp=2, pp=2))  # rank = tp + 2*pp + 4*dp
 VLM_8 = layout(vision=dict(tp=2, dp=2), language=dict(pp=2, dp=2, rank_offset=4))
@@ -208,7 +208,7 @@ def test_a_mutant_is_caught_only_by_a_mismatch_or_a_failure_named_by_phase_and_r
     """`make mutants` counts exit 1 and a named exit 3; an exit 3 that names no rank, an
     interrupt or a health code is 'not caught', as a pass is."""
     from benchmarks.mutants import caught
-    from mimo_launch.report import Report, record_failure
+    from mimo_launch.reports.report import Report, record_failure
 
     def report(**fields):
         return Report(passed=False, world_size=8, backend="gloo", **fields)
@@ -227,7 +227,7 @@ def test_a_mutant_is_caught_only_by_a_mismatch_or_a_failure_named_by_phase_and_r
 
 def test_member_list_fingerprints_equal_the_oracles_row_fingerprints():
     """The two sides encode a group the same way: lists in any order, ragged, absent."""
-    from mimo_launch import fingerprint as fpr
+    from mimo_launch.checks import fingerprint as fpr
 
     lists = [[3, 1], None, [7], [9, 8, 10, 11], []]
     got = fpr.of_member_lists(lists)
@@ -242,7 +242,7 @@ def test_member_list_fingerprints_equal_the_oracles_row_fingerprints():
 def test_the_reports_check_columns_name_every_check_the_verifier_makes():
     """report.md's table and the console count mismatches by `report.CHECKS`: a check missing
     there (as 'timeout' was) drops its mismatches from the per-module columns."""
-    from mimo_launch.report import CHECKS, Report, module_checks
+    from mimo_launch.reports.report import CHECKS, Report, module_checks
 
     assert CHECKS == ("members", "consistency", "timeout", "collective", "stage")
     report = Report(passed=False, world_size=1, backend="gloo", modules={"language": {}},

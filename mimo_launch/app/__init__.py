@@ -1,0 +1,1 @@
+"""The application: Hydra's command line, sweeps, dispatch to a launcher, signals."""

@@ -1,0 +1,328 @@
+"""`mimo-launch` as a Hydra application: `hydra.main` reads the command line, so every Hydra
+flag works as Hydra documents it (`--multirun`/`-m`, `--cfg job|hydra|all`, `-p`, `--resolve`,
+`--info`, `--config-dir`/`-cd`, `--config-name`/`-cn`, `hydra.searchpath`, `--help`,
+`--hydra-help`, `-sc`), and so do Hydra's sweepers.
+
+What this module adds to Hydra's behaviour:
+- Bad input is one line on stderr, `mimo-launch: error: ...`, exit 2, never a traceback; where
+  Hydra numbers ways to fix an override (an ambiguous value), one `mimo-launch: hint:` line
+  follows. Hydra's errors reach us as exceptions (HYDRA_FULL_ERROR=1 while Hydra runs, not in
+  the ranks); argparse's are read from stderr, which is held until the job starts.
+- A single run is validated and its run directory claimed (`app_config.claim_output`) in
+  `LaunchCallback.on_run_start`, before Hydra makes its output directory; Hydra is then pointed
+  at the claimed directory, so bad input or a dry run leaves no directory behind.
+- A sweep claims `hydra.sweep.dir` (`sweep.Sweep.claim`); each point validates and runs in its
+  own subdirectory; a point's bad input is that point's exit 2 and the sweep goes on; an
+  interrupt stops the sweep; the summary is printed and written at the end (`sweep.py`).
+  A point Hydra itself cannot compose (an unknown preset) refuses the whole sweep before any
+  point runs, as Hydra's sweeper checks every point first.
+- A bare `--cfg` (this command's own before it was a Hydra app) means `--cfg job --resolve`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sys
+import time
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
+
+from ..app.sweep import Point, Sweep
+from ..mimo_config import MimoConfigError
+from ..settings.app_config import (
+    LaunchSettings,
+    UsageError,
+    claim_output,
+    conf_dir,
+    settings_from_config,
+)
+
+EXIT_USAGE = 2
+PROG = "mimo-launch"
+# Flags whose next argument is their value, not an override.
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                "--config-dir", "-cd", "--experimental-rerun"}
+_CFG_KINDS = ("job", "hydra", "all")
+
+
+class _App:
+    """This process's state across Hydra's calls (one command per process)."""
+
+    code: int | None = None
+    settings: LaunchSettings | None = None  # a single run, validated and claimed
+    sweep: Sweep | None = None
+    refused: Exception | None = None  # bad input found by LaunchCallback
+    stderr = None  # the real stderr while Hydra's own output is held
+    held: io.StringIO | None = None
+    full_error: str | None = None  # HYDRA_FULL_ERROR as the user had it
+
+    @classmethod
+    def release_stderr(cls) -> None:
+        """The job starts: what Hydra wrote to stderr so far goes out, and stderr is real."""
+        if cls.held is not None:
+            sys.stderr = cls.stderr
+            sys.stderr.write(cls.held.getvalue())
+            cls.held = None
+
+
+def _error(message: str, hint: str | None = None) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"{PROG}: hint: {hint}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _prepare(settings: LaunchSettings) -> LaunchSettings:
+    """Check what the launcher needs and claim the run directory (UsageError, ValueError)."""
+    if settings.config.mode == "plan":
+        from ..layout.plan import check_plan_size
+
+        check_plan_size(settings.world_size)
+    return claim_output(settings)
+
+
+def _execute(settings: LaunchSettings) -> int:
+    """Run a prepared job: plan mode or a launch; the exit code."""
+    if settings.config.mode == "plan":  # no rank is started, torch is not even imported
+        from ..reports.artifacts import run_plan
+
+        return run_plan(settings)
+    from ..app.launch import launch
+
+    return launch(settings)
+
+
+def _with_hydra(cfg: DictConfig) -> DictConfig:
+    """A job's config (Hydra passes it without `hydra`) with its `hydra` node back."""
+    full = cfg.copy()
+    with open_dict(full):
+        full.hydra = HydraConfig.get()
+    return full
+
+
+class _Refused(BaseException):
+    """Bad input found inside Hydra (`_App.refused` says what): a BaseException, so that it
+    passes Hydra's handlers of a callback's or a job's Exception, which would warn or report
+    it and go on."""
+
+
+class _BrokenPipe(BaseException):
+    """Carries a BrokenPipeError (`mimo-launch mode=plan | head`) past Hydra's job runner,
+    which would report it as the job's error, to `cli.entry`, which stops quietly."""
+
+
+class LaunchCallback(Callback):
+    """Registered in `conf/config.yaml` (`hydra.callbacks`): validation and claims that must
+    come before Hydra creates any directory (or writes multirun.yaml). A refusal is kept in
+    `_App.refused` and raised as `_Refused`, which Hydra's callback runner (it turns an
+    Exception into a warning) lets pass; should it not, the task function reports it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _App.release_stderr()
+        where = os.getcwd()  # exists: Hydra creates nothing for a refused or claimless run
+        try:
+            settings = settings_from_config(config)
+            prepared = _prepare(settings)
+        except (UsageError, MimoConfigError, ValueError) as exc:
+            _App.refused = exc
+        else:
+            _App.settings = prepared
+            if prepared is not settings:  # claimed (not a dry run, not a plan without picture)
+                where = str(prepared.run_dir)
+        # Hydra makes hydra.run.dir next (run_job): point it at the claimed directory.
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.run.dir = where
+        if _App.refused is not None:
+            raise _Refused()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _App.release_stderr()
+        try:
+            _App.sweep = Sweep.claim(config.hydra.sweep.dir)
+        except UsageError as exc:
+            _App.refused = exc
+            raise _Refused() from None
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
+def task(cfg: DictConfig) -> int:
+    """Hydra's task function: one run, or one point of a sweep. Returns its exit code (also
+    kept in `_App.code`, as hydra.main returns nothing)."""
+    _App.release_stderr()
+    if _App.full_error is None:  # the ranks and the user's entry point do not inherit it
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+    try:
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            if _App.refused is not None:
+                raise _Refused()
+            _App.code = _sweep_point(cfg)
+        elif _App.refused is not None:
+            _App.code = _error(str(_App.refused), getattr(_App.refused, "hint", None))
+        else:
+            _App.code = _execute(_App.settings or _single(cfg))
+    except BrokenPipeError:
+        raise _BrokenPipe() from None
+    finally:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    return _App.code
+
+
+def _single(cfg: DictConfig) -> LaunchSettings:
+    """A single run's settings where no LaunchCallback ran (another primary config): validated
+    in Hydra's run directory, which Hydra has already made."""
+    try:
+        return _prepare(settings_from_config(_with_hydra(cfg),
+                                             HydraConfig.get().runtime.output_dir))
+    except (UsageError, MimoConfigError, ValueError) as exc:
+        _App.refused = exc
+        raise _Refused() from None
+
+
+def _sweep_point(cfg: DictConfig) -> int:
+    from ..app.interrupts import Interrupted, held, held_in_last_run
+
+    hc = HydraConfig.get()
+    if _App.sweep is None:  # a primary config without LaunchCallback
+        try:
+            _App.sweep = Sweep.claim(hc.sweep.dir)
+        except UsageError as exc:
+            _App.refused = exc
+            raise _Refused() from None
+    point = Point(int(hc.job.num), [str(o) for o in hc.overrides.task], hc.runtime.output_dir)
+    print(f"{PROG}: sweep point #{point.num}: {' '.join(point.overrides) or '(defaults)'}",
+          flush=True)
+    start, error = time.monotonic(), None
+    try:
+        settings = _prepare(settings_from_config(_with_hydra(cfg), hc.runtime.output_dir))
+    except (UsageError, MimoConfigError, ValueError) as exc:
+        error = str(exc)
+        code = _error(error, getattr(exc, "hint", None))
+    else:
+        point.run_dir = str(settings.run_dir)
+        code = _execute(settings)
+    with held() as came:  # the point is recorded whole
+        _App.sweep.record(point, code, time.monotonic() - start, error)
+    came = held_in_last_run() + came  # held after the verdict: it stood, the sweep stops
+    signum = came[0] if came else code - 128 if code > 128 else None
+    if signum is not None:  # interrupted: stop the sweep here
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
+    return code
+
+
+def _overrides(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in args:
+        if not skip and not arg.startswith("-"):
+            out.append(arg)
+        skip = arg in _VALUE_FLAGS
+    return out
+
+
+def _compat(args: list[str]) -> list[str]:
+    """A bare `--cfg` (no job|hydra|all after it) is `--cfg job --resolve`."""
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--cfg" and (i + 1 == len(args) or args[i + 1] not in _CFG_KINDS):
+            out += ["job"] + ([] if "--resolve" in args else ["--resolve"])
+    return out
+
+
+def _argparse_error(text: str) -> str | None:
+    for line in text.splitlines():
+        if ": error: " in line:
+            return line.split(": error: ", 1)[1]
+    return None
+
+
+def run(args: list[str]) -> int:
+    """Run the command line `args` (without the program name) through `hydra.main`; return the
+    exit code (module docstring). KeyboardInterrupt (also SIGTERM/SIGHUP, `interrupts`)
+    propagates out of a single run; a sweep catches it, writes its summary and returns 128 +
+    the signal."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ..app.interrupts import exit_code, signal_of
+
+    args = _compat(args)
+    saved_argv = sys.argv
+    _App.code, _App.settings, _App.sweep, _App.refused = None, None, None, None
+    _App.full_error = os.environ.get("HYDRA_FULL_ERROR")
+    _App.stderr, _App.held = sys.stderr, io.StringIO()
+    sys.argv = [PROG, *args]
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.stderr = _App.held
+    interrupted = None
+    try:
+        task()
+        code = 0 if _App.code is None else _App.code
+    except SystemExit as exc:  # argparse's errors (2), --help and the like (0)
+        held = _App.held.getvalue() if _App.held is not None else ""
+        _App.held = io.StringIO()  # what argparse wrote is replaced by one line
+        _App.release_stderr()
+        message = _argparse_error(held) if exc.code == 2 else None
+        if message is not None:
+            code = _error(f"{message} (overrides look like key=value; see --help)")
+        else:
+            sys.stderr.write(held)
+            code = exc.code if isinstance(exc.code, int) else 1
+    except (HydraException, OmegaConfBaseException) as exc:
+        from ..app.hydra_errors import describe
+
+        _App.release_stderr()
+        code = _error(*describe(exc, _overrides(args)))
+    except (UsageError, MimoConfigError, ValueError) as exc:
+        _App.release_stderr()
+        code = _error(str(exc).splitlines()[0], getattr(exc, "hint", None))
+    except _BrokenPipe:
+        raise BrokenPipeError() from None
+    except _Refused:
+        code = _error(str(_App.refused), getattr(_App.refused, "hint", None))
+    except KeyboardInterrupt as exc:
+        _App.release_stderr()
+        if _App.sweep is None or not _App.sweep.points:  # nothing to summarise
+            if _App.sweep is not None:
+                _App.sweep.release_if_empty()
+            raise
+        interrupted = exit_code(signal_of(exc))
+        code = interrupted
+    finally:
+        _App.release_stderr()
+        sys.argv = saved_argv
+        if _App.full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = _App.full_error
+    if _App.sweep is not None:
+        code = _finish_sweep(_App.sweep, code, interrupted)
+    return code
+
+
+def _finish_sweep(sweep: Sweep, code: int, interrupted: int | None) -> int:
+    """Print and write the summary of the points run; the sweep's exit code."""
+    from ..app.interrupts import held
+
+    if not sweep.points:
+        sweep.release_if_empty()
+        return code
+    with held():  # the summary is written whole
+        table = sweep.table(interrupted)
+        print(f"\n{PROG}: sweep summary ({sweep.sweep_dir})\n\n{table}", flush=True)
+        try:
+            paths = sweep.write(interrupted)
+            print(f"sweep: {paths[0]} (and sweep.json)", flush=True)
+        except OSError as exc:
+            print(f"{PROG}: warning: sweep summary not written: {exc}", file=sys.stderr)
+    final = sweep.exit_code(interrupted)
+    return max(final, code) if code == EXIT_USAGE and final == 0 else final
+
+
+__all__ = ["LaunchCallback", "run", "task"]

@@ -1,0 +1,80 @@
+"""Hydra's error messages as `mimo-launch` prints them: one line, and at most one short hint.
+
+Hydra's messages span several lines (the options of a config group, the search path, the
+grammar's expectations, numbered ways to fix an override). `describe` keeps what names the
+problem on one line and, where Hydra numbers ways to fix it ("Ambiguous value": quote it, make
+it a list, or sweep over it), keeps those as one hint line. A key that does not exist gets the
+closest valid key (`config_keys.suggest_for_path`).
+"""
+
+from __future__ import annotations
+
+import re
+
+_NUMBERED = re.compile(r"^\d+\.\s+")
+_NOT_IN_STRUCT = re.compile(r"^Could not override '([^']+)'\.")
+
+
+def describe(exc: BaseException, overrides: list[str]) -> tuple[str, str | None]:
+    """(one line naming the problem, one hint line or None) for a Hydra or OmegaConf error
+    raised while composing `overrides`."""
+    message = str(exc)
+    line = one_line(message)
+    bad = unparsable(overrides)
+    if bad is not None and bad not in line:
+        line = f"cannot parse override '{bad}': {line}"
+    return line, hint(message)
+
+
+def hint(message: str) -> str | None:
+    """Hydra's numbered fixes ("1. To use it as a list, ...") joined into one line, or None."""
+    fixes = [_NUMBERED.sub("", ln.strip()) for ln in message.splitlines()
+             if _NUMBERED.match(ln.strip())]
+    if not fixes:
+        return None
+    return "; ".join(f[0].lower() + f[1:] for f in fixes)
+
+
+def one_line(message: str) -> str:
+    """The first line of a Hydra message, with what the next lines add that matters: the
+    available options of a config group, the closest key for a key that does not exist (or
+    Hydra's advice to append it), the grammar's complaint about an override."""
+    from ..settings.config_keys import suggest_for_path
+
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    first = lines[0] if lines else "invalid overrides"
+    missing = _NOT_IN_STRUCT.match(first)
+    if "Available options in" in message:
+        idx = next(i for i, ln in enumerate(lines) if ln.startswith("Available options in"))
+        options = []
+        for ln in lines[idx + 1:]:
+            if ln.startswith("Config search path"):
+                break
+            options.append(ln)
+        first += f"; available: {', '.join(options)}"
+    elif missing and suggest_for_path(missing.group(1)):
+        path = missing.group(1)
+        first = (f"unknown key '{path}' (did you mean "
+                 f"'{path.rsplit('.', 1)[0] + '.' if '.' in path else ''}"
+                 f"{suggest_for_path(path)}'?)")
+    elif len(lines) > 1 and lines[1].startswith("To append"):
+        first += f" (unknown key; {lines[1][0].lower()}{lines[1][1:]})"
+    elif len(lines) > 1 and first.startswith("Error parsing override"):
+        first += f": {lines[1]}"
+    return first
+
+
+def unparsable(overrides: list[str]) -> str | None:
+    """The first override Hydra's grammar rejects, if any."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except Exception:  # noqa: BLE001 - any parse failure names this override
+            return override
+    return None
+
+
+__all__ = ["describe", "hint", "one_line", "unparsable"]

@@ -1,0 +1,92 @@
+"""Dispatch validated settings to the launcher the cluster config names."""
+
+from __future__ import annotations
+
+import sys
+
+from ..rank.rank_runner import RankJob
+from ..settings.app_config import LaunchSettings, UsageError
+
+
+def rank_job(settings: LaunchSettings) -> RankJob:
+    return RankJob(layout=settings.layout, world_size=settings.world_size,
+                   run_dir=str(settings.run_dir), timeout_s=settings.timeout_s,
+                   device=settings.device, expected=settings.expected,
+                   fault=settings.fault, entrypoint=settings.entrypoint,
+                   entrypoint_dir=settings.entrypoint_dir,
+                   entrypoint_timeout_s=settings.entrypoint_timeout_s,
+                   health=settings.health,
+                   verify_against=settings.config.get("verify_against") or None)
+
+
+def check_local_allocation(settings: LaunchSettings) -> None:
+    """The ranks this machine will start must be the layout's world (and fit its GPUs)."""
+    limit = settings.cluster.get("max_ranks")
+    if limit is not None and settings.world_size > limit:
+        raise UsageError(f"cluster=local starts one process per rank: {settings.world_size} ranks "
+                         f"exceed cluster.max_ranks={limit} (mode=plan shows the layout; run it "
+                         f"on a cluster)")
+    nproc = settings.cluster.get("nproc")
+    if nproc is not None and nproc != settings.world_size:
+        raise UsageError(f"cluster.nproc={nproc} ranks but the layout's world size is "
+                         f"{settings.world_size}")
+    check_health_memory(settings, settings.world_size)
+    if settings.device == "cuda":
+        from ..settings.app_config import gpu_count
+
+        gpus = gpu_count()
+        if gpus < settings.world_size:
+            raise UsageError(f"the layout needs {settings.world_size} GPUs (one per rank) but "
+                             f"this machine has {gpus}")
+
+
+def check_health_memory(settings: LaunchSettings, ranks: int) -> None:
+    """check=health on CPU: the buffers of `ranks` ranks on this machine must fit its memory
+    (`health_config.check_memory`); UsageError (one line) otherwise."""
+    from ..settings.health_config import check_memory
+
+    try:
+        check_memory(settings.health, "nccl" if settings.device == "cuda" else "gloo", ranks)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def launch(settings: LaunchSettings) -> int:
+    """Run the job where `cluster.launcher` says; return the process exit code. `settings`
+    come from `app_config.claim_output` (allocation checked, run directory claimed)."""
+    launcher = settings.cluster.get("launcher")
+    if launcher == "slurm":
+        from ..app.interrupts import held, one_run
+        from ..launchers.slurm_launcher import launch_slurm
+        from ..reports.artifacts import artifacts_after
+
+        with one_run():  # from the job's end on, signals are held: the verdict stands
+            code = launch_slurm(settings)
+            with held(lasting=True) as came:
+                artifacts_after(settings, came)
+        return code
+    if launcher != "local":
+        print(f"mimo-launch: error: unknown cluster.launcher {launcher!r}", file=sys.stderr)
+        return 2
+    from ..launchers.local_launcher import launch_local
+
+    if settings.entrypoint:  # megatron-core's package init once here, not in every rank
+        from ..groups.pg_collections import process_group_collection_class
+
+        process_group_collection_class()
+
+    print(f"mimo-launch: {settings.world_size} ranks on this machine "
+          f"({'NCCL on GPUs' if settings.device == 'cuda' else 'gloo on CPU'}); "
+          f"output in {settings.run_dir}", flush=True)
+    from ..app.interrupts import held, one_run
+    from ..reports.artifacts import finish_run
+    from ..reports.console import PhaseProgress
+    from ..reports.rankmap import warm_up
+
+    with one_run():  # from the ranks' end on, signals are held: the verdict stands
+        with PhaseProgress(settings.world_size, on_first_tick=warm_up) as progress:
+            report = launch_local(rank_job(settings), on_tick=progress)
+            with held(lasting=True) as came:
+                progress.finish(report)
+        finish_run(settings, report, came)  # verdict, then report.md and the rank map
+    return report.exit_code

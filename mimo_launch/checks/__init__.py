@@ -1,0 +1,1 @@
+"""The checks a run makes on its groups: verification, then communication health."""

@@ -1,0 +1,1 @@
+"""Launchers, the submitting side: the local fork, Slurm (submit, watch, report), diagnosis."""

@@ -1,0 +1,133 @@
+"""Submit the ranks to Slurm with submitit, follow the job, print the report rank 0 wrote.
+
+The submitting process (a login node; it needs no GPU) checks the allocation and the paths
+before anything is submitted (`slurm_submit`, exit 2), submits one job of nodes x
+tasks_per_node tasks running `slurm_task.run_task`, records it in `<run dir>/job.json`, follows
+it (`slurm_watch`: its state and pending reason on each change) and ends with rank 0's
+report.json, completed with Slurm's facts where it is a failure (`slurm_report`). Exit codes:
+0 pass, 1 mismatch, 2 bad input or a pending reason that can never clear, 3 failure, 5 still
+pending after `cluster.pending_timeout_min` (cancelled), 130/143/129 Ctrl-C/SIGTERM/SIGHUP (the
+job is cancelled, running, pending or just submitted; a second signal does not cut the cancel
+or the report short).
+
+`mimo-launch collect <run dir>` does the following and reporting for a job submitted with
+`wait=false`, or by a launcher that was stopped: it follows the job if it is still queued or
+running, then writes and prints the report, with the same exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from ..app.interrupts import describe, exit_code, held, one_run
+from ..app.launch import rank_job
+from ..compat import sbatch_script
+from ..launchers.slurm_report import JobFiles, conclude
+from ..launchers.slurm_submit import allocation, make_executor
+from ..launchers.slurm_watch import follow
+from ..reports.report import REPORT_NAME, format_summary, read_report
+from ..settings.app_config import LaunchSettings, UsageError
+
+EXIT_USAGE = 2
+EXIT_NEVER_STARTED = 5
+JOB_RECORD = "job.json"  # in the run directory: what `mimo-launch collect` needs
+
+
+def launch_slurm(settings: LaunchSettings) -> int:
+    """Submit, follow and report (see the module docstring); return the exit code."""
+    try:
+        alloc = allocation(settings)
+        executor = make_executor(settings, alloc)
+    except UsageError as exc:
+        print(f"mimo-launch: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    job = replace(rank_job(settings), device=alloc.device)
+    if settings.config.get("dry_run"):
+        print(sbatch_script(executor), end="")
+        return 0
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+    from ..slurm_task import run_task
+
+    with held() as came:  # a job submitted is recorded, and cancelled if a signal came
+        try:
+            submitted = executor.submit(run_task, job)
+        except (FailedJobError, FailedSubmissionError, subprocess.SubprocessError,
+                OSError) as exc:
+            if came:  # a signal to the process group stopped sbatch too
+                print(f"mimo-launch: interrupted ({describe(came[0])}) while submitting",
+                      file=sys.stderr)
+                return exit_code(came[0])
+            message = " ".join(str(exc).split())[:400]
+            print(f"mimo-launch: error: sbatch refused the job: {message}", file=sys.stderr)
+            return EXIT_USAGE
+        job_id = str(submitted.job_id)
+        (settings.run_dir / JOB_RECORD).write_text(json.dumps({
+            "job_id": job_id, "submitit_folder": str(executor.folder),
+            "overrides": [str(o) for o in settings.config.hydra.overrides.task],
+            "world_size": job.world_size, "device": job.device}, indent=2) + "\n")
+        backend = "NCCL on GPUs" if alloc.device == "cuda" else "gloo on CPU"
+        print(f"mimo-launch: submitted job {job_id}: {alloc.nodes} node(s) x "
+              f"{alloc.tasks_per_node} task(s), {backend}; output in {settings.run_dir}",
+              flush=True)
+    if not settings.config.get("wait", True) and not came:
+        print(f"report: run `mimo-launch collect {settings.run_dir}` to follow job {job_id} "
+              f"and write {settings.run_dir / REPORT_NAME}")
+        return 0
+    return follow_and_report(job, job_id, JobFiles(settings.run_dir, Path(executor.folder),
+                                                   job_id), settings, came[0] if came else None)
+
+
+def follow_and_report(job, job_id: str, files: JobFiles, settings: LaunchSettings,
+                      interrupted: int | None = None) -> int:
+    """Follow the job to its end, write and print the report; return the exit code.
+    `interrupted`: a signal that came while the job was submitted (it is cancelled at once).
+    Once the job has left the nodes, signals are held until the report is printed."""
+    record_path = files.run_dir / JOB_RECORD
+    record = json.loads(record_path.read_text())
+    report = read_report(files.run_dir) if record.get("concluded") else None
+    if report is None:  # not concluded yet: follow the job (at once if it has ended)
+        followed = follow(job_id, files.run_dir, settings.cluster.get("pending_timeout_min"),
+                          interrupted)
+    with held(lasting=True):  # the job has ended: its report is written and printed whole
+        if report is None:
+            report = conclude(job, job_id, files, followed)
+            record_path.write_text(json.dumps(record | {"concluded": True}, indent=2) + "\n")
+            if followed.never_started:
+                print(f"mimo-launch: error: {followed.never_started}", file=sys.stderr)
+                return EXIT_USAGE if followed.refused else EXIT_NEVER_STARTED
+        print(format_summary(report))
+        print(f"report: {files.run_dir / REPORT_NAME}")
+    return report.exit_code
+
+
+def collect(run_dir: str) -> int:
+    """`mimo-launch collect <run dir>`: follow or conclude the job submitted into `run_dir`,
+    write and print its report, and return the run's exit code (2 with one line when the
+    directory holds no submitted job)."""
+    from ..reports.artifacts import artifacts_after
+    from ..settings.app_config import load_settings
+
+    path = Path(run_dir).expanduser().absolute()
+    try:
+        record = json.loads((path / JOB_RECORD).read_text())
+        overrides = [o for o in record["overrides"] if not o.startswith("hydra.run.dir=")]
+        settings = load_settings(overrides + [f"hydra.run.dir={path}"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = "no job.json there (was the job submitted by mimo-launch cluster=...?)" \
+            if isinstance(exc, OSError) else str(exc).splitlines()[0]
+        print(f"mimo-launch: error: cannot collect {path}: {reason}", file=sys.stderr)
+        return EXIT_USAGE
+    job = replace(rank_job(settings), device=record["device"])
+    job_id = str(record["job_id"])
+    print(f"mimo-launch: collecting job {job_id}; output in {path}", flush=True)
+    with one_run():  # from the job's end on, signals are held: the verdict stands
+        code = follow_and_report(job, job_id, JobFiles(path, Path(record["submitit_folder"]),
+                                                       job_id), settings)
+        with held(lasting=True) as came:
+            artifacts_after(settings, came)
+    return code

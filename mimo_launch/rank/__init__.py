@@ -1,0 +1,1 @@
+"""What every rank runs: its phases, barriers, timeouts, faults and status records."""

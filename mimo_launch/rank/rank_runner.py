@@ -1,0 +1,201 @@
+"""What every rank runs, locally or on Slurm: init, build, verify, report.
+
+`run_rank` is the single code path of a rank. The launchers only differ in how they start the
+processes and how a rank finds the rendezvous (a TCPStore handed over, or MASTER_ADDR/PORT).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..checks.health_stage import run_health_stage
+from ..checks.verify import verify
+from ..entrypoint import EntrypointContext, resolve_entrypoint, run_entrypoint
+from ..groups.pg_collections import process_group_collection_class, process_group_collections
+from ..layout.layout_oracle import expected_layout
+from ..mimo_builder import build_mimo_groups
+from ..mimo_config import MimoParallelismConfig
+from ..rank.phases import (
+    ENTRYPOINT_PHASE,
+    HEALTH_PHASE,
+    TEARDOWN_PHASE,
+    FaultSpec,
+    PhaseTracker,
+    teardown_failure,
+)
+from ..reports.report import Report, module_summary, read_report, record_failure, write_report
+from ..settings.health_config import HealthSettings
+
+# Rank 0 waits for the other ranks' teardown this much longer than their own bound
+# (`timeout_s`, then SIGALRM 1 + 5 s later: phases.TeardownWatchdog), so they end themselves first.
+TEARDOWN_WAIT_EXTRA_S = 8.0
+
+
+@dataclass
+class RankJob:
+    """Everything a rank needs to run; picklable, so Slurm tasks receive it as is.
+
+    `expected` verifies against another layout than the one built (to show the verifier fails),
+    the preset `verify_against` (recorded in the report);
+    `fault` makes one rank die or hang in one phase (rehearsals and tests); `entrypoint`
+    ('pkg.module:function', resolved from `entrypoint_dir` first) runs after a passing
+    verification, each rank's call bounded by `entrypoint_timeout_s`; `health` (check=health)
+    runs the health stage after a passing verification, before the entry point.
+    """
+
+    layout: MimoParallelismConfig
+    world_size: int
+    run_dir: str
+    timeout_s: float = 60.0
+    device: str = "cpu"  # 'cpu' (gloo) or 'cuda' (nccl, one GPU per rank)
+    expected: MimoParallelismConfig | None = None
+    fault: FaultSpec = field(default_factory=FaultSpec)
+    entrypoint: str | None = None
+    entrypoint_dir: str | None = None
+    entrypoint_timeout_s: float = 600.0
+    health: HealthSettings | None = None
+    verify_against: str | None = None  # the preset `expected` comes from, for the report
+
+    @property
+    def stages_bound_s(self) -> float:
+        """Seconds the stages after verification may take: entry point and health stage."""
+        return ((self.entrypoint_timeout_s if self.entrypoint else 0.0)
+                + (self.health.bound_s() + self.timeout_s if self.health else 0.0))
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.device == "cuda" else "gloo"
+
+
+def node_name() -> str:
+    """The node this rank runs on: Slurm's node name where there is one, else the host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def tcp_store(rank: int, world_size: int, host: str, port: int, timeout_s: float):
+    """The run's rendezvous store: rank 0 hosts it on `host:port`, the others connect."""
+    return dist.TCPStore(host, port, world_size, is_master=(rank == 0),
+                         timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
+
+
+def init_distributed(rank: int, world_size: int, backend: str, timeout_s: float, store,
+                     local_rank: int = 0) -> None:
+    """Join the world through `store`; with nccl, bind to GPU `local_rank` first.
+
+    `timeout_s` bounds the collectives of the default group; the builder is given it too.
+    """
+    timeout = timedelta(seconds=timeout_s)
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    os.environ["WORLD_SIZE"] = str(world_size)  # HyperCommGrid reads it
+    os.environ["RANK"] = str(rank)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                            timeout=timeout)
+
+
+def report_timings(tracker: PhaseTracker) -> dict[str, float]:
+    """Seconds per phase completed so far, under the report's names ('verify' is
+    'verification'), for passing and failing runs alike."""
+    return {("verification" if k == "verify" else k): v for k, v in tracker.timings.items()}
+
+
+def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
+             on_teardown_overdue=None) -> int:
+    """Run one rank to the end; return its exit code (0 pass, 1 mismatch).
+
+    With `job.entrypoint`, the groups are verified as they sit in each module's
+    ProcessGroupCollection and, once verification has passed, the entry point runs
+    (`entrypoint.run_entrypoint`). Raises on any failure, after leaving the error in `store`
+    (rank 0 also writes a failed report.json). Rank 0 writes report.json into `job.run_dir`.
+    `on_phase(name)` is called as the rank enters each phase (`PhaseTracker`). A teardown
+    still running `job.timeout_s` seconds after it began ends the process with
+    `phases.EXIT_TEARDOWN_OVERDUE`, after `on_teardown_overdue()` (`TeardownWatchdog`).
+    """
+    torch.set_num_threads(1)
+    tracker = PhaseTracker(store, rank, job.world_size, job.timeout_s, job.fault,
+                           on_enter=on_phase)
+    layout = job.layout
+
+    def fail(exc: BaseException) -> None:
+        tracker.record_failure(exc)
+        if rank == 0:
+            _write_failure(job, tracker, layout, exc)
+
+    try:
+        layout = job.layout.validate(job.world_size)
+        function = None
+        if job.entrypoint:  # imports (seconds) before the first barrier, not inside one
+            function = resolve_entrypoint(job.entrypoint, job.entrypoint_dir)
+            process_group_collection_class()
+        with tracker.phase("init"):
+            init_distributed(rank, job.world_size, job.backend, job.timeout_s, store,
+                             local_rank)
+        groups = build_mimo_groups(layout, phase=tracker.phase,
+                                   timeout=timedelta(seconds=job.timeout_s))
+        with tracker.phase("verify"):
+            checked = process_group_collections(groups) if function else groups
+            expected = expected_layout(job.expected or layout, job.world_size)
+            verdict, _ = verify(checked, expected, node_name(), job.timeout_s)
+    except Exception as exc:
+        fail(exc)
+        raise
+    report = Report(
+        passed=verdict.passed, world_size=job.world_size, backend=job.backend,
+        mismatches=[vars(m) for m in verdict.mismatches], timings=report_timings(tracker),
+        modules=module_summary(layout), hosts=verdict.hosts,
+        new_group_calls=groups.new_group_calls, member_new_group_calls=groups.member_calls,
+        entrypoint=job.entrypoint, skipped_checks=verdict.skipped,
+        verify_against=job.verify_against)
+    if rank == 0:
+        write_report(Path(job.run_dir), report)
+    if verdict.passed and job.health is not None:
+        try:
+            report.health = run_health_stage(job, layout, groups, tracker, verdict.hosts)
+        except Exception as exc:
+            fail(exc)
+            raise
+        if rank == 0:
+            report.timings = report_timings(tracker)
+            write_report(Path(job.run_dir), report)
+    if verdict.passed and function is not None:
+        context = EntrypointContext(rank, job.world_size, Path(job.run_dir), layout, checked)
+        try:
+            run_entrypoint(job.entrypoint, function, context, tracker,
+                           job.entrypoint_timeout_s, fail)
+        except Exception as exc:
+            fail(exc)
+            raise
+        if rank == 0:
+            report.timings = report_timings(tracker)
+            report.entrypoint_finished = True
+            write_report(Path(job.run_dir), report)
+    with tracker.teardown(on_teardown_overdue):
+        groups.destroy()
+        dist.destroy_process_group()
+    if rank == 0:  # the verdict stands; a rank ended in teardown is named beside it
+        stragglers = tracker.teardown_stragglers(job.timeout_s + TEARDOWN_WAIT_EXTRA_S)
+        if stragglers:
+            write_report(Path(job.run_dir), record_failure(
+                report, teardown_failure(stragglers, job.timeout_s), TEARDOWN_PHASE,
+                stragglers))
+    return 0 if verdict.passed else 1
+
+
+def _write_failure(job: RankJob, tracker: PhaseTracker, layout, exc: BaseException) -> None:
+    """Rank 0's report of its own failure; in the entry point it keeps the verification's."""
+    run_dir = Path(job.run_dir)
+    after_verify = tracker.current in (HEALTH_PHASE, ENTRYPOINT_PHASE)
+    report = read_report(run_dir) if after_verify else None
+    report = report or Report(passed=False, world_size=job.world_size, backend=job.backend,
+                              modules=module_summary(layout), entrypoint=job.entrypoint,
+                              verify_against=job.verify_against)
+    report.timings = report_timings(tracker)
+    ranks = getattr(exc, "missing", None) or ([0] if after_verify else [])
+    write_report(run_dir, record_failure(report, str(exc), tracker.current, ranks))

@@ -1,0 +1,1 @@
+"""The report: report.json, report.md, the console, the pictures, atomic files."""

@@ -1,0 +1,1 @@
+"""From Hydra's composed config to validated, frozen launch settings; the run directory."""

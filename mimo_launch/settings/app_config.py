@@ -1,0 +1,357 @@
+"""From command-line overrides to validated launch settings, before any process starts.
+
+Hydra composes `conf/` with the overrides; this module turns the result into a
+`MimoParallelismConfig` and `LaunchSettings`, checking every value on the way. Every problem
+raises `UsageError` (or `MimoConfigError`) with one line for the user.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ..app.hydra_errors import describe
+from ..mimo_config import SHORT_KEYS, MimoConfigError, MimoParallelismConfig, short_layout
+from ..rank.phases import ENTRYPOINT_PHASE, HEALTH_PHASE, FaultSpec
+from ..settings.config_keys import check_keys
+from ..settings.config_schema import SchemaError, check_cluster, strict_bool
+from ..settings.health_config import KNOWN_KEYS as HEALTH_KEYS
+from ..settings.health_config import HealthSettings, health_settings
+
+DEVICES = ("auto", "cpu", "cuda")
+MODES = ("run", "plan")  # plan: print the layout and draw it; start nothing
+
+
+class UsageError(ValueError):
+    """Bad input that is not a layout rule (unknown key, bad override, missing GPU...)."""
+
+
+def conf_dir() -> Path:
+    """The Hydra config directory: inside the installed package, or `conf/` of a checkout."""
+    pkg = Path(__file__).resolve().parent.parent  # mimo_launch/, beside settings/
+    for candidate in (pkg / "conf", pkg.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise UsageError(f"no Hydra configs found beside {pkg}")
+
+
+class HintedUsageError(UsageError):
+    """A UsageError with one line of advice to print after it (Hydra's own fix hints)."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """Compose `conf/config.yaml` with the overrides; Hydra's errors become one line (and a
+    hint line where Hydra gives one: `HintedUsageError`)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            return cfg
+    except HydraException as exc:
+        line, hint = describe(exc, overrides)
+        raise HintedUsageError(line, hint) from None
+
+
+def layout_from(node: DictConfig) -> MimoParallelismConfig:
+    """The `mimo` node (`modules`, `special_token_ids`) as a MimoParallelismConfig."""
+    data = OmegaConf.to_container(node, resolve=True)
+    modules = data.get("modules") or {}
+    if not isinstance(modules, dict):
+        raise UsageError(f"mimo.modules must map module names to layouts, got {modules!r}")
+    for name, spec in modules.items():
+        if not isinstance(spec, dict):
+            raise UsageError(f"module '{name}': expected a mapping of {', '.join(SHORT_KEYS)}, "
+                             f"got {spec!r}")
+    tokens = data.get("special_token_ids") or {}
+    if not isinstance(tokens, dict):
+        raise UsageError(f"mimo.special_token_ids must map token names to ids, got {tokens!r}")
+    return short_layout(modules, tokens)
+
+
+@dataclass
+class LaunchSettings:
+    """Everything the launchers need, validated."""
+
+    layout: MimoParallelismConfig  # every DP resolved
+    world_size: int
+    device: str  # 'cpu' or 'cuda'
+    timeout_s: float
+    run_dir: Path
+    cluster: DictConfig
+    config: DictConfig  # the whole composed config, for launchers that need more
+    expected: MimoParallelismConfig | None = None  # verify against this layout instead
+    fault: FaultSpec = field(default_factory=FaultSpec)
+    plan: PlanOptions = field(default_factory=lambda: PlanOptions())  # mode=plan only
+    entrypoint: str | None = None  # 'pkg.module:function' after a passing verification
+    entrypoint_dir: str | None = None  # where it is imported from (the working directory)
+    entrypoint_timeout_s: float = 600.0
+    health: HealthSettings | None = None  # check=health: the health stage's settings
+
+
+def world_size_of(cfg: DictConfig, layout: MimoParallelismConfig) -> int:
+    world = cfg.mimo.get("world_size")
+    if world is None:
+        if any(m.data_parallel_size is None for m in layout.module_parallelisms.values()):
+            raise UsageError("mimo.world_size is not set and some module has dp=null: give "
+                             "mimo.world_size or every module's dp")
+        world = layout.total_world_size
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
+        raise UsageError(f"mimo.world_size must be a positive integer, got {world!r}")
+    return world
+
+
+def gpu_count() -> int:
+    """GPUs visible here, asked through NVML so that forked ranks can still use CUDA."""
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_device(requested: str, ranks_per_machine: int) -> str:
+    """'cpu' or 'cuda'. `auto` takes GPUs only where each of the ranks this machine runs gets
+    one; an explicit `cuda` without any GPU is refused here (a count mismatch is refused by the
+    launcher, which knows how many ranks it starts)."""
+    if requested not in DEVICES:
+        raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {requested!r}")
+    if requested == "cpu":
+        return "cpu"
+    gpus = gpu_count()
+    if requested == "cuda":
+        if gpus == 0:
+            raise UsageError("device=cuda but no GPU is visible on this machine (use device=cpu)")
+        return "cuda"
+    return "cuda" if gpus >= ranks_per_machine else "cpu"
+
+
+MAX_TIMEOUT_S = 7 * 24 * 3600
+# The shortest timeout: it bounds the TCPStore rendezvous and every group creation too, which
+# take tens of milliseconds on an idle machine and more on a busy one; below a second a run
+# fails on its own start-up, not on a hang.
+MIN_TIMEOUT_S = 1
+
+
+def check_timeout(value, name: str = "timeout_s") -> float:
+    """`timeout_s` (or the setting `name`) as seconds: a finite number in [1 s, one week]."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or not MIN_TIMEOUT_S <= value <= MAX_TIMEOUT_S):
+        raise UsageError(f"{name} must be a number of seconds in [{MIN_TIMEOUT_S}, "
+                         f"{MAX_TIMEOUT_S}], got {value!r}")
+    return float(value)
+
+
+def entrypoint_from(value) -> tuple[str | None, str | None]:
+    """`entrypoint` as ('pkg.module:function', the directory it is imported from), or
+    (None, None) when unset. The function is imported here, before any rank starts; a bad
+    value raises UsageError (one line)."""
+    if value is None or value == "":
+        return None, None
+    from ..entrypoint import EntrypointError, resolve_entrypoint
+
+    search_dir = os.getcwd()
+    try:
+        resolve_entrypoint(value, search_dir)
+    except EntrypointError as exc:
+        raise UsageError(str(exc)) from None
+    return value, search_dir
+
+
+def preset_layout(name: str, world_size: int) -> MimoParallelismConfig:
+    """A layout preset of `conf/mimo/` by its name (a file stem there, never a path),
+    validated for `world_size` ranks."""
+    presets = {p.stem: p for p in (conf_dir() / "mimo").glob("*.yaml")}
+    if name not in presets:
+        raise UsageError(f"verify_against: no mimo preset {name!r}; available: "
+                         f"{', '.join(sorted(presets))}")
+    node = OmegaConf.load(presets[name])
+    try:
+        return layout_from(node).validate(world_size)
+    except (MimoConfigError, UsageError) as exc:  # the preset does not fit, not the layout
+        own = node.get("world_size")
+        raise UsageError(f"verify_against={name}: the preset "
+                         f"{f'is a {own}-rank layout and ' if own else ''}does not fit this "
+                         f"run's world of {world_size} ranks ({exc})") from None
+
+
+def section(node, name: str, known: tuple[str, ...]) -> dict:
+    """A config node as a plain dict; a non-mapping or keys outside `known` are refused."""
+    if node is not None and not isinstance(node, DictConfig):
+        raise UsageError(f"{name} must be a mapping of {', '.join(known)}, got {node!r}")
+    data = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UsageError(f"{name}: unknown key(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(known)})")
+    return data
+
+
+def fault_from(node, world_size: int) -> FaultSpec:
+    """The `fault` node as a FaultSpec valid for `world_size` ranks."""
+    data = section(node, "fault", ("kill_rank", "hang_rank", "phase", "where",
+                                   "artifacts_delay_s", "slow_rank", "slow_factor"))
+    try:
+        return FaultSpec(**data).validate(world_size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def overridden(overrides: list[str], key: str) -> list[str]:
+    """The command-line overrides that set `key` or a key under it (`key.x=`, `+key.x=`,
+    `~key.x`...), as given."""
+    found = []
+    for override in overrides:
+        name = override.lstrip("+~").split("=", 1)[0].strip()
+        if name == key or name.startswith(f"{key}."):
+            found.append(override)
+    return found
+
+
+def health_from(cfg: DictConfig, fault: FaultSpec,
+                overrides: list[str] = ()) -> HealthSettings | None:
+    """`check` and the `health` node as HealthSettings (None for check=verify); a slow-rank
+    fault and `health.*` overrides need check=health, the only stage they act in (refused
+    otherwise, as every setting that would silently do nothing)."""
+    try:
+        health = health_settings(cfg.get("check", "verify"),
+                                 section(cfg.get("health"), "health", HEALTH_KEYS))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    inert = overridden(list(overrides), "health")
+    if inert and health is None:
+        raise UsageError(f"{inert[0]} acts in the health stage only: add check=health")
+    if fault.slow_rank is not None and health is None:
+        raise UsageError("fault.slow_rank acts in the health stage only: add check=health")
+    if fault.active and fault.phase == HEALTH_PHASE and health is None:
+        raise UsageError("fault.phase=health needs check=health (no health phase otherwise)")
+    return health
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """`plan.*`: ranks whose groups to list, GPUs per node (None: the cluster's), picture."""
+
+    ranks: tuple[int, ...] = ()
+    gpus_per_node: int | None = None
+    picture: bool = True
+
+
+def plan_from(node, world_size: int) -> PlanOptions:
+    """The `plan` node, checked against a world of `world_size` ranks."""
+    data = section(node, "plan", ("rank", "gpus_per_node", "picture"))
+    ranks = data.get("rank")
+    ranks = [] if ranks is None else ranks if isinstance(ranks, list) else [ranks]
+    for rank in ranks:
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise UsageError(f"plan.rank={rank!r} is not a rank of the world [0, {world_size})")
+    gpus = data.get("gpus_per_node")
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1):
+        raise UsageError(f"plan.gpus_per_node must be a positive integer, got {gpus!r}")
+    try:
+        picture = strict_bool(data.get("picture", True), "plan.picture")
+    except SchemaError as exc:
+        raise UsageError(str(exc)) from None
+    return PlanOptions(tuple(ranks), gpus, picture)
+
+
+def load_settings(overrides: list[str]) -> LaunchSettings:
+    """Compose, convert and validate everything; raise on the first problem. Touches no file:
+    `run_dir` is `hydra.run.dir` as given (every Slurm task of one job must agree on it);
+    `claim_output` makes it this run's own."""
+    return settings_from_config(compose_config(overrides))
+
+
+def settings_from_config(composed: DictConfig, run_dir: str | Path | None = None
+                         ) -> LaunchSettings:
+    """Validate a composed config (with its `hydra` node, as Hydra composes it) into
+    LaunchSettings; `run_dir` defaults to `hydra.run.dir`. An unknown key anywhere, a value of
+    the wrong type or range, a layout breaking a rule: UsageError or MimoConfigError (one line).
+    `composed` itself is not changed."""
+    cfg = copy.deepcopy(composed)
+    try:
+        check_keys(OmegaConf.to_container(
+            OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=False))
+        with open_dict(cfg):
+            cfg.cluster = check_cluster(cfg.cluster)
+            for name in ("dry_run", "wait"):
+                cfg[name] = strict_bool(cfg.get(name), name)
+    except SchemaError as exc:
+        raise UsageError(str(exc)) from None
+    if cfg.mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    layout = layout_from(cfg.mimo)
+    world = world_size_of(cfg, layout)
+    layout = layout.validate(world)
+    timeout_s = check_timeout(cfg.timeout_s)
+    # On Slurm the cluster config decides (slurm_launcher), and under torchrun each worker's
+    # node (torchrun_task), not this machine's GPUs.
+    per_task = cfg.cluster.get("launcher") in ("slurm", "torchrun")
+    planning = cfg.mode == "plan"  # nothing runs here: do not probe this machine's GPUs
+    if planning and cfg.device not in DEVICES:
+        raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
+    device = str(cfg.device) if per_task or planning else resolve_device(cfg.device, world)
+    expected = None
+    if cfg.get("verify_against"):
+        expected = preset_layout(str(cfg.verify_against), world)
+        if list(expected.module_parallelisms) != list(layout.module_parallelisms):
+            raise UsageError(f"verify_against={cfg.verify_against}: its modules "
+                             f"{list(expected.module_parallelisms)} differ from the layout's "
+                             f"{list(layout.module_parallelisms)}")
+    fault = fault_from(cfg.get("fault"), world)
+    overrides = list(OmegaConf.select(cfg, "hydra.overrides.task", default=None) or [])
+    health = health_from(cfg, fault, overrides)  # the command line's, as Hydra records them
+    plan = plan_from(cfg.get("plan"), world)
+    entrypoint, entrypoint_dir = entrypoint_from(cfg.get("entrypoint"))
+    if fault.phase == ENTRYPOINT_PHASE and fault.active and not entrypoint:
+        raise UsageError("fault.phase=entrypoint needs an entrypoint=pkg.module:function")
+    entrypoint_timeout_s = check_timeout(cfg.get("entrypoint_timeout_s", 600),
+                                         "entrypoint_timeout_s")
+    run_dir = Path(cfg.hydra.run.dir if run_dir is None else run_dir).expanduser().absolute()
+    return LaunchSettings(layout, world, device, timeout_s, run_dir, cfg.cluster, cfg, expected,
+                          fault, plan, entrypoint, entrypoint_dir, entrypoint_timeout_s, health)
+
+
+def claim_output(settings: LaunchSettings) -> LaunchSettings:
+    """Before anything starts: check that the launcher can run the layout (the local
+    machine's or the Slurm allocation; UsageError), then claim the run directory
+    (`run_dir.claim_run_dir`: `hydra.run.dir`, or `-2`, `-3`... if an earlier run holds it;
+    RunDirError if it cannot be written). A Slurm dry run and a plan without its picture
+    write nothing and claim nothing. Returns the settings with the claimed `run_dir`."""
+    from ..settings.run_dir import claim_run_dir
+
+    config = settings.config
+    if config.mode == "run":
+        if config.cluster.get("launcher") == "torchrun":
+            raise UsageError("cluster=torchrun: torchrun starts the ranks; run `torchrun "
+                             "--nnodes=N --nproc-per-node=M ... -m mimo_launch.torchrun_task "
+                             "[OVERRIDE ...]` on every node (README: torchrun)")
+        if config.cluster.get("launcher") == "slurm":
+            from ..launchers.slurm_submit import allocation, check_paths
+
+            allocation(settings)
+            check_paths(settings)
+            if config.get("dry_run"):
+                return settings
+        else:
+            from ..app.launch import check_local_allocation
+
+            check_local_allocation(settings)
+    elif not settings.plan.picture:
+        return settings
+    return replace(settings, run_dir=claim_run_dir(settings.run_dir))
+
+
+__all__ = ["HintedUsageError", "LaunchSettings", "MimoConfigError", "UsageError", "load_settings",
+           "settings_from_config"]

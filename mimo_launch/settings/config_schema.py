@@ -1,0 +1,151 @@
+"""The types and ranges of the cluster config and of the top-level switches, as OmegaConf
+structured configs: a value of the wrong type or out of range is one line (UsageError), never a
+traceback later.
+
+`cluster` is checked against `SlurmCluster`, `LocalCluster` or `TorchrunCluster` by its
+`launcher`; a field's `metadata["min"]` is its least value, `metadata["above"]` a bound it must
+exceed. Booleans are strict: true/false, yes/no, 1/0 (any case); anything else is refused
+(OmegaConf alone takes any integer, and Hydra passes `no` as a string).
+A list field also takes one string (one setup line, one mount).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+class SchemaError(ValueError):
+    """A value of the wrong type or range; the message is one line naming the key."""
+
+
+def _min(value) -> dict:
+    return {"min": value}
+
+
+def _above(value) -> dict:
+    return {"above": value}
+
+
+@dataclass
+class SlurmCluster:
+    """`conf/cluster/slurm.yaml` (and the configs that extend it)."""
+
+    name: str = "slurm"
+    launcher: str = "slurm"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    nodes: int | None = field(default=None, metadata=_min(1))
+    gpus_per_node: int = field(default=8, metadata=_min(0))
+    tasks_per_node: int | None = field(default=None, metadata=_min(1))
+    cpus_per_task: int | None = field(default=None, metadata=_min(1))
+    mem_gb: int | None = field(default=None, metadata=_min(0))
+    time_min: int = field(default=20, metadata=_min(1))
+    pending_timeout_min: float | None = field(default=None, metadata=_above(0))
+    exclusive: bool = False
+    job_name: str = "mimo-launch"
+    container_image: str | None = None
+    container_mounts: list[str] = field(default_factory=list)
+    container_workdir: str | None = None
+    python: str | None = None
+    setup: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    srun_args: list[str] = field(default_factory=list)
+    submitit_dir: str = "submitit"
+    timeout_s: Any = 300  # checked with the top-level timeout_s (app_config.check_timeout)
+
+
+@dataclass
+class LocalCluster:
+    """`conf/cluster/local.yaml`."""
+
+    name: str = "local"
+    launcher: str = "local"
+    nproc: int | None = field(default=None, metadata=_min(1))
+    timeout_s: Any = 30
+    max_ranks: int | None = field(default=256, metadata=_min(1))
+
+
+@dataclass
+class TorchrunCluster:
+    """`conf/cluster/torchrun.yaml`: torchrun starts the ranks (`torchrun_task`)."""
+
+    name: str = "torchrun"
+    launcher: str = "torchrun"
+    timeout_s: Any = 60
+
+
+SCHEMAS = {"slurm": SlurmCluster, "local": LocalCluster, "torchrun": TorchrunCluster}
+
+
+def strict_bool(value, name: str) -> bool:
+    """`value` as a bool: True/False, 1/0, or true/false, yes/no, 1/0 in any case."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise SchemaError(f"{name} must be true or false (yes/no, 1/0), got {value!r}")
+
+
+def _describe(kind, least=None, above=None) -> str:
+    optional = type(None) in typing.get_args(kind)
+    if optional:
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    text = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        kind) or ("a list of strings" if typing.get_origin(kind) is list
+                  else "a mapping of names to values")
+    bound = f" >= {least}" if least is not None else f" > {above}" if above is not None else ""
+    return text + bound + (" or null" if optional else "")
+
+
+def _bounded(spec, kind) -> str:
+    return _describe(kind, spec.metadata.get("min"), spec.metadata.get("above"))
+
+
+def check_cluster(node: DictConfig) -> DictConfig:
+    """`node` (the composed `cluster`) checked against its launcher's schema; returns a plain
+    DictConfig of the converted values. Raises SchemaError (one line)."""
+    data = OmegaConf.to_container(node, resolve=False)
+    launcher = data.get("launcher")
+    if launcher not in SCHEMAS:
+        raise SchemaError(f"cluster.launcher must be one of {', '.join(SCHEMAS)}, "
+                          f"got {launcher!r}")
+    schema = SCHEMAS[launcher]
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    for key, value in data.items():
+        if key in fields and hints[key] is bool:
+            data[key] = strict_bool(value, f"cluster.{key}")
+        elif key in fields and typing.get_origin(hints[key]) is list and isinstance(value, str):
+            data[key] = [value]
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), data)
+    except OmegaConfBaseException as exc:
+        key = str(exc.full_key or exc.key or "?")
+        if key not in fields:
+            near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            hint = f"did you mean '{near[0]}'?" if near else f"known: {', '.join(fields)}"
+            raise SchemaError(f"cluster: unknown key {key!r} for cluster.launcher={launcher} "
+                              f"({hint})") from None
+        raise SchemaError(f"cluster.{key} must be {_bounded(fields[key], hints[key])}, "
+                          f"got {data.get(key)!r}") from None
+    for key, spec in fields.items():
+        value = merged.get(key)
+        least, above = spec.metadata.get("min"), spec.metadata.get("above")
+        if value is not None and (least is not None and value < least
+                                  or above is not None and value <= above):
+            raise SchemaError(f"cluster.{key} must be {_bounded(spec, hints[key])}, "
+                              f"got {value!r}")
+    return OmegaConf.create(OmegaConf.to_container(merged, resolve=False))
