@@ -141,10 +141,10 @@ class LaunchCallback(Callback):
         try:
             _App.sweep = Sweep.claim(config.hydra.sweep.dir)
             if str(config.hydra.launcher.get("_target_", "")).startswith("hydra_plugins."):
-                from .submitit_sweep import point_to, use_plugin
+                from .submitit_sweep import check_plugin, point_to
 
-                if use_plugin(config):  # each point one Slurm job (submitit_sweep)
-                    point_to(config, _App.sweep.sweep_dir)
+                check_plugin(config)  # submitit_slurm: each point one Slurm job
+                point_to(config, _App.sweep.sweep_dir)
         except UsageError as exc:
             _App.refused = exc
             raise _Refused() from None

@@ -1,9 +1,11 @@
 """`mimo-launch -m hydra/launcher=submitit_slurm ...`: Hydra's submitit launcher plugin
 (`hydra-submitit-launcher`) runs each point of a sweep as one Slurm job, every task one rank.
 
-Submitting side: `LaunchCallback.on_multirun_start` calls `use_plugin(config)`, which refuses a
-cluster config that is not Slurm's and puts `PointsLauncher`, a subclass of the plugin's
-launcher, in its place. Its `launch`, for each point in turn:
+Submitting side: `LaunchCallback.on_multirun_start` calls `check_plugin(config)`, which refuses
+another launcher plugin and a cluster config that is not Slurm's, then `point_to`, which puts
+`PointsLauncher`, a subclass of the plugin's launcher, in its place (it lives in
+`hydra_plugins/mimo_launch_submitit`: Hydra takes launchers from that package only). Its
+`launch` (`launch_points`), for each point in turn:
 - composes the point and validates it like a single run (`hydra_app._prepare`: the allocation
   fits the layout, Slurm-safe paths, the point's directory claimed); bad input (also
   `hydra.launcher.*` values that disagree with the layout or the cluster config, e.g. a task
@@ -51,17 +53,18 @@ def in_plugin_task() -> bool:
     return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_PROCID" in os.environ
 
 
-def use_plugin(config: DictConfig) -> bool:
-    """With `hydra/launcher=submitit_slurm`: refuse (UsageError) a cluster that is not Slurm's,
-    fix the sweep directory (the jobs must agree on it) and use `PointsLauncher`."""
-    launcher = config.hydra.get("launcher") or {}
-    if launcher.get("_target_") != PLUGIN_TARGET:
-        return False
+def check_plugin(config: DictConfig) -> None:
+    """A launcher plugin (`hydra/launcher=...`) is in use: UsageError unless it is the submitit
+    plugin's Slurm launcher and the cluster is a Slurm one."""
+    if config.hydra.launcher.get("_target_") != PLUGIN_TARGET:
+        name = config.hydra.runtime.choices.get("hydra/launcher")
+        raise UsageError(f"hydra/launcher={name} is not supported: use "
+                         f"hydra/launcher=submitit_slurm (each point a Slurm job) or none (the "
+                         f"points run one after another from here)")
     if config.cluster.get("launcher") != "slurm":
         raise UsageError(f"hydra/launcher=submitit_slurm runs each point as a Slurm job: give a "
                          f"Slurm cluster config (cluster=slurm, local_slurm or your own), not "
                          f"cluster={config.cluster.get('name')}")
-    return True
 
 
 def point_to(config: DictConfig, sweep_dir: Path) -> None:
@@ -93,7 +96,7 @@ def launcher_params(settings, given: dict) -> dict:
     ours.update(nodes=alloc.nodes, tasks_per_node=alloc.tasks_per_node,
                 gpus_per_node=alloc.gpus_per_node or None, timeout_min=alloc.time_min)
     for key in given.get("_explicit", ()):
-        if key in ours and given.get(key) != ours[key]:
+        if key in ours and given.get(key) != ours[key] and (given.get(key) or ours[key]):
             if key in ("nodes", "tasks_per_node"):
                 nodes, tasks = given.get("nodes"), given.get("tasks_per_node")
                 raise UsageError(
@@ -231,5 +234,5 @@ def run_point(cfg: DictConfig) -> int:
     return finish_task(slurm_rank().rank, settings, lambda: run_task(job))
 
 
-__all__ = ["in_plugin_task", "launch_points", "launcher_params", "point_to", "run_point",
-           "use_plugin"]
+__all__ = ["check_plugin", "in_plugin_task", "launch_points", "launcher_params", "point_to",
+           "run_point"]

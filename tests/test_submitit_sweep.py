@@ -35,12 +35,25 @@ def test_a_cluster_that_is_not_slurm_is_refused_in_one_line(tmp_path):
     assert not sweep_dir.exists()
 
 
+def test_another_launcher_plugin_is_refused_in_one_line(tmp_path):
+    proc = run_cli("-m", "hydra/launcher=submitit_local", "cluster=local_slurm",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "mimo-launch: error: hydra/launcher=submitit_local is not supported: use "
+        "hydra/launcher=submitit_slurm (each point a Slurm job) or none (the points run one "
+        "after another from here)"]
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["hydra.launcher.tasks_per_node=3"],
      "hydra.launcher.nodes=1 x hydra.launcher.tasks_per_node=3 = 3 tasks but the layout's world "
      "size is 8: leave them out (they come from the layout and cluster.*)"),
     (["cluster.nodes=3"],
      "cluster.nodes=3 x cluster.tasks_per_node=4 = 12 tasks but the layout's world size is 8"),
+    (["cluster.python=/opt/venv/bin/python"],
+     "cluster.python=/opt/venv/bin/python: with hydra/launcher=submitit_slurm the tasks run this "
+     "interpreter; leave it null"),
     (["hydra.launcher.partition=gpu"],
      "hydra.launcher.partition=gpu but cluster.partition=debug: set cluster.partition instead"),
 ])
