@@ -60,6 +60,7 @@ RUN torch_version='from importlib.metadata import version; print(version("torch"
 # not depend on it.)
 COPY conf/ ./conf/
 COPY mimo_launch/ ./mimo_launch/
+COPY hydra_plugins/ ./hydra_plugins/
 RUN python -m pip install --no-cache-dir --no-deps --no-build-isolation . \
  && rm -rf build ./*.egg-info \
  && python -c 'import mimo_launch, megatron.core, torch; print("mimo_launch ok; torch", torch.__version__)' \

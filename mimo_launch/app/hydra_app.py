@@ -16,6 +16,8 @@ What this module adds to Hydra's behaviour:
   interrupt stops the sweep; the summary is printed and written at the end (`sweep.py`).
   A point Hydra itself cannot compose (an unknown preset) refuses the whole sweep before any
   point runs, as Hydra's sweeper checks every point first.
+- `hydra/launcher=submitit_slurm` (Hydra's submitit plugin): each point is one Slurm job whose
+  tasks are its ranks (`submitit_sweep.py`); the points are validated and recorded here.
 - A bare `--cfg` (this command's own before it was a Hydra app) means `--cfg job --resolve`.
 """
 
@@ -144,6 +146,11 @@ class LaunchCallback(Callback):
         _App.release_stderr()
         try:
             _App.sweep = Sweep.claim(config.hydra.sweep.dir)
+            if str(config.hydra.launcher.get("_target_", "")).startswith("hydra_plugins."):
+                from .submitit_sweep import check_plugin, point_to
+
+                check_plugin(config)  # submitit_slurm: each point one Slurm job
+                point_to(config, _App.sweep.sweep_dir)
         except UsageError as exc:
             _App.refused = exc
             raise _Refused() from None
@@ -160,6 +167,10 @@ def task(cfg: DictConfig) -> int:
         from hydra.types import RunMode
 
         if HydraConfig.get().mode == RunMode.MULTIRUN:
+            from .submitit_sweep import in_plugin_task, run_point
+
+            if in_plugin_task():  # a Slurm task of a point's job: one rank
+                return run_point(cfg)
             if _App.refused is not None:
                 raise _Refused()
             _App.code = _sweep_point(cfg)
