@@ -249,7 +249,7 @@ def test_code_change_reuses_the_dependency_layer(image: dict[str, object], tmp_p
     for name in ("Dockerfile", ".dockerignore", ".hadolint.yaml", "pyproject.toml"):
         shutil.copy2(REPO / name, tree / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("container", "conf", "mimo_launch"):
+    for name in ("container", "conf", "mimo_launch", "hydra_plugins"):
         shutil.copytree(REPO / name, tree / name, ignore=ignore)
     with open(tree / "mimo_launch" / "__init__.py", "a") as f:
         f.write(f"\n# code-only change for the layer cache test {time.time_ns()}\n")
