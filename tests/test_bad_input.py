@@ -121,6 +121,9 @@ CASES = {
          "cluster.container_mounts=[/tmp:/data]"],
         ["is not under any cluster.container_mounts entry"]),
     "unknown option": (["--frobnicate"], ["--frobnicate"]),
+    "mimo removed": (["mode=plan", "~mimo"], ["no key 'mimo'", "~mimo", "required"]),
+    "cluster removed": (["mode=plan", "~cluster"], ["no key 'cluster'", "required"]),
+    "timeout removed": (["mode=plan", "~timeout_s"], ["no key 'timeout_s'", "required"]),
 }
 
 

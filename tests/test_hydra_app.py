@@ -76,6 +76,26 @@ def test_a_sweep_dir_holding_an_earlier_sweep_is_refused_before_any_point(tmp_pa
     assert [p.name for p in sweep_dir.iterdir()] == [".mimo-launch-sweep"]
 
 
+@pytest.mark.timeout(120)
+def test_a_sweep_dir_gets_the_run_dirs_checks_and_points_stay_inside_it(tmp_path):
+    """hydra.sweep.dir=/ is refused as hydra.run.dir=/ is (nothing written into /); a file is
+    named as a file, not an earlier sweep; a subdir climbing out or absolute is refused."""
+    before = set(os.listdir("/"))
+    line = _one_error_line(run_cli("-m", "mode=plan", "hydra.sweep.dir=/", cwd=tmp_path))
+    assert "hydra.sweep.dir / is the file-system root" in line, line
+    assert set(os.listdir("/")) == before
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    line = _one_error_line(run_cli("-m", "mode=plan", f"hydra.sweep.dir={a_file}",
+                                   cwd=tmp_path))
+    assert line.endswith("cannot be used: a file of that name exists"), line
+    for subdir in ("../esc", str(tmp_path / "abs")):
+        line = _one_error_line(run_cli("-m", "mode=plan", f"hydra.sweep.dir={tmp_path / 'sw'}",
+                                       f"hydra.sweep.subdir={subdir}", cwd=tmp_path))
+        assert "would put points outside the sweep directory" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
 def _start_sweep(tmp_path: Path, *args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", CI="1")
     return subprocess.Popen([str(MIMO_LAUNCH), "-m", *args,

@@ -30,9 +30,9 @@ import time
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from ..app.sweep import Point, Sweep
+from ..app.sweep import Point, Sweep, check_subdir
 from ..mimo_config import MimoConfigError
 from ..settings.app_config import (
     LaunchSettings,
@@ -86,15 +86,37 @@ def _prepare(settings: LaunchSettings) -> LaunchSettings:
     return claim_output(settings)
 
 
+def _validated(config: DictConfig, output_dir: str | None = None) -> LaunchSettings:
+    """`settings_from_config`, with a key the composed config lacks (removed with `~key`) as a
+    UsageError (one line), not OmegaConf's error."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return (settings_from_config(config) if output_dir is None
+                else settings_from_config(config, output_dir))
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or str(exc).splitlines()[0]
+        raise UsageError(f"the config has no key '{key}' (was it removed with ~{key}?); "
+                         f"it is required") from None
+
+
 def _execute(settings: LaunchSettings) -> int:
     """Run a prepared job: plan mode or a launch; the exit code."""
     if settings.config.mode == "plan":  # no rank is started, torch is not even imported
         from ..reports.artifacts import run_plan
 
         return run_plan(settings)
-    from ..app.launch import launch
+    from ..app.interrupts import deferred, signal_of
 
-    return launch(settings)
+    try:
+        with deferred():  # torch's first import: a signal in native code would abort
+            from ..app.launch import launch
+        return launch(settings)
+    except KeyboardInterrupt as exc:  # before the ranks' own handling: report.json says so
+        from ..reports.artifacts import report_interrupted
+
+        report_interrupted(settings, signal_of(exc))
+        raise
 
 
 def _with_hydra(cfg: DictConfig) -> DictConfig:
@@ -126,7 +148,7 @@ class LaunchCallback(Callback):
         _App.release_stderr()
         where = os.getcwd()  # exists: Hydra creates nothing for a refused or claimless run
         try:
-            settings = settings_from_config(config)
+            settings = _validated(config)
             prepared = _prepare(settings)
         except (UsageError, MimoConfigError, ValueError) as exc:
             _App.refused = exc
@@ -143,6 +165,8 @@ class LaunchCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         _App.release_stderr()
         try:
+            check_subdir(str(OmegaConf.to_container(config.hydra.sweep, resolve=False)
+                             .get("subdir", "")))
             _App.sweep = Sweep.claim(config.hydra.sweep.dir)
         except UsageError as exc:
             _App.refused = exc
@@ -178,15 +202,14 @@ def _single(cfg: DictConfig) -> LaunchSettings:
     """A single run's settings where no LaunchCallback ran (another primary config): validated
     in Hydra's run directory, which Hydra has already made."""
     try:
-        return _prepare(settings_from_config(_with_hydra(cfg),
-                                             HydraConfig.get().runtime.output_dir))
+        return _prepare(_validated(_with_hydra(cfg), HydraConfig.get().runtime.output_dir))
     except (UsageError, MimoConfigError, ValueError) as exc:
         _App.refused = exc
         raise _Refused() from None
 
 
 def _sweep_point(cfg: DictConfig) -> int:
-    from ..app.interrupts import Interrupted, held, held_in_last_run
+    from ..app.interrupts import Interrupted, exit_code, held, held_in_last_run, signal_of
 
     hc = HydraConfig.get()
     if _App.sweep is None:  # a primary config without LaunchCallback
@@ -200,13 +223,17 @@ def _sweep_point(cfg: DictConfig) -> int:
           flush=True)
     start, error = time.monotonic(), None
     try:
-        settings = _prepare(settings_from_config(_with_hydra(cfg), hc.runtime.output_dir))
+        _App.sweep.point_dir(hc.runtime.output_dir)
+        settings = _prepare(_validated(_with_hydra(cfg), hc.runtime.output_dir))
     except (UsageError, MimoConfigError, ValueError) as exc:
         error = str(exc)
         code = _error(error, getattr(exc, "hint", None))
     else:
         point.run_dir = str(settings.run_dir)
-        code = _execute(settings)
+        try:
+            code = _execute(settings)
+        except KeyboardInterrupt as exc:  # before the ranks' own handling: the point counts
+            code = exit_code(signal_of(exc))
     with held() as came:  # the point is recorded whole
         _App.sweep.record(point, code, time.monotonic() - start, error)
     came = held_in_last_run() + came  # held after the verdict: it stood, the sweep stops
@@ -288,6 +315,12 @@ def run(args: list[str]) -> int:
         code = _error(str(_App.refused), getattr(_App.refused, "hint", None))
     except KeyboardInterrupt as exc:
         _App.release_stderr()
+        if _App.settings is not None:  # a single run's directory is claimed: report.json
+            from ..app.interrupts import held as hold
+            from ..reports.artifacts import report_interrupted
+
+            with hold():
+                report_interrupted(_App.settings, signal_of(exc))
         if _App.sweep is None or not _App.sweep.points:  # nothing to summarise
             if _App.sweep is not None:
                 _App.sweep.release_if_empty()

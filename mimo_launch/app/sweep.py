@@ -10,6 +10,7 @@ an interrupt exits with that interrupt's code whatever its points did.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -66,6 +67,12 @@ class Sweep:
         """Claim `sweep_dir` (created if needed) for this sweep. A directory holding an earlier
         sweep's marker, or one that cannot be written, is refused: UsageError (one line)."""
         path = Path(sweep_dir).expanduser().absolute()
+        if path == Path(path.anchor):
+            raise UsageError(f"hydra.sweep.dir {path} is the file-system root: give "
+                             f"hydra.sweep.dir a directory of its own")
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"hydra.sweep.dir {path} cannot be used: a file of that name "
+                             f"exists")
         try:
             path.mkdir(parents=True, exist_ok=True)
             os.close(os.open(path / SWEEP_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
@@ -73,8 +80,20 @@ class Sweep:
             raise UsageError(f"hydra.sweep.dir {path} holds an earlier sweep: give another "
                              f"hydra.sweep.dir") from None
         except OSError as exc:
-            raise UsageError(f"hydra.sweep.dir {path} cannot be used: {exc.strerror}") from None
+            reason = {errno.ENOTDIR: "a part of the path is a file",
+                      errno.EROFS: "the file system is read-only"}.get(exc.errno, exc.strerror)
+            raise UsageError(f"hydra.sweep.dir {path} cannot be used: {reason}") from None
         return cls(path)
+
+    def point_dir(self, output_dir: str | Path) -> Path:
+        """A point's directory, which must lie inside the sweep directory (hydra.sweep.subdir
+        neither absolute nor climbing out with `..`); UsageError otherwise."""
+        point = Path(output_dir).expanduser().absolute()
+        inside = Path(os.path.normpath(point))
+        if inside == self.sweep_dir or self.sweep_dir not in inside.parents:
+            raise UsageError(f"hydra.sweep.subdir puts a point in {inside}, outside the sweep "
+                             f"directory {self.sweep_dir}: give a relative subdir without '..'")
+        return point
 
     def release_if_empty(self) -> None:
         """Undo the claim of a sweep that ran no point (refused before its first): the marker,
@@ -124,4 +143,13 @@ class Sweep:
                                   json.dumps(data, indent=2) + "\n")]
 
 
-__all__ = ["Point", "SEVERITY", "Sweep", "verdict_of", "worst"]
+def check_subdir(subdir: str) -> None:
+    """`hydra.sweep.subdir` as written (before interpolation): relative and without `..`, so
+    that every point stays inside the sweep directory; UsageError otherwise."""
+    if not subdir.strip() or os.path.isabs(subdir) or ".." in Path(subdir).parts:
+        raise UsageError(f"hydra.sweep.subdir={subdir} would put points outside the sweep "
+                         f"directory: give a relative subdir without '..' (default: "
+                         f"${{hydra.job.num}})")
+
+
+__all__ = ["Point", "check_subdir", "SEVERITY", "Sweep", "verdict_of", "worst"]

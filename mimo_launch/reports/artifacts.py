@@ -156,6 +156,30 @@ def _print_paths(paths: list[Path]) -> None:
               + (" (and .svg)" if path.suffix == ".png" else ""))
 
 
+def report_interrupted(settings: LaunchSettings, signum: int) -> None:
+    """A run interrupted after its run directory was claimed and before any report exists
+    (torch's import, the ranks' start): report.json says so (`interrupted` true)."""
+    import signal
+
+    from ..app.interrupts import describe
+    from ..reports.report import record_failure, write_report
+
+    run_dir = Path(settings.run_dir)
+    if settings.config.mode != "run" or not run_dir.is_dir() or read_report(run_dir):
+        return
+    report = Report(passed=False, world_size=settings.world_size,
+                    backend="nccl" if settings.device == "cuda" else "gloo",
+                    modules=module_summary(settings.layout),
+                    entrypoint=settings.entrypoint or None)
+    record_failure(report, f"interrupted ({describe(signum)}) before the ranks started", None,
+                   [])
+    report.interrupted, report.interrupted_by = True, signal.Signals(signum).name
+    try:
+        write_report(run_dir, report)
+    except OSError:
+        pass
+
+
 def artifacts_after(settings: LaunchSettings, came: list[int]) -> None:
     """After a launcher that printed its own verdict (Slurm): the files, if a report exists
     (`files_after_verdict`; `came`: the run's hold)."""
