@@ -131,6 +131,8 @@ CASES = {
     "typo in a module's name": (["mimo.modules.langauge.tp=2"],
                                 ["unknown key 'mimo.modules.langauge'",
                                  "'mimo.modules.language.tp'?"]),
+    "absurd health warmup": (["check=health", "health.warmup=100000000"],
+                             ["health.warmup must be an integer in [0, 1000]", "100000000"]),
     "mimo removed": (["mode=plan", "~mimo"], ["no key 'mimo'", "~mimo", "required"]),
     "cluster removed": (["mode=plan", "~cluster"], ["no key 'cluster'", "required"]),
     "timeout removed": (["mode=plan", "~timeout_s"], ["no key 'timeout_s'", "required"]),

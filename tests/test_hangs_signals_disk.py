@@ -252,3 +252,16 @@ def test_a_signal_during_a_sweep_points_start_up_writes_the_summary(tmp_path):
     assert summary["interrupted"] is True and summary["points"][0]["exit_code"] == 143
     assert (sweep_dir / "sweep.md").exists()
     assert json.loads((sweep_dir / "0" / "report.json").read_text())["interrupted"] is True
+
+
+@pytest.mark.timeout(60)
+def test_a_failure_in_the_health_stage_says_the_verification_passed(tmp_path):
+    """Like the teardown: the health stage runs after a passing verification, whose verdict
+    and checks stand; the headline names the stage that failed."""
+    run_dir = tmp_path / "run"
+    proc = run_cli("check=health", "fault.hang_rank=5", "fault.phase=health",
+                   f"timeout_s={TIMEOUT_S}", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=50)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "mimo-launch verification PASSED, health stage FAILED" in proc.stdout, proc.stdout
+    assert "module vision       ranks [0, 4)  TP2 CP1 ETP1 PP1 DP2  checks passed" in proc.stdout
+    assert json.loads((run_dir / "report.json").read_text())["failed_phase"] == "health"
