@@ -226,6 +226,11 @@ def test_a_site_cluster_config_in_its_own_folder(how, tmp_path):
 
 # --- Hydra's own flags ----------------------------------------------------------------------
 
+def test_cfg_with_an_unknown_package_is_bad_input(tmp_path):
+    line = _one_error_line(run_cli("--cfg", "job", "-p", "nope", cwd=tmp_path))
+    assert line.startswith("mimo-launch: error: package 'nope' not found in config"), line
+
+
 @pytest.mark.timeout(120)
 def test_hydras_flags_work_as_hydra_documents_them(tmp_path):
     helped = run_cli("--help", cwd=tmp_path)

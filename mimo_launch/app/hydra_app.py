@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import sys
 import time
@@ -48,6 +49,8 @@ PROG = "mimo-launch"
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                 "--config-dir", "-cd", "--experimental-rerun"}
 _CFG_KINDS = ("job", "hydra", "all")
+# Hydra's message for `--cfg ... -p KEY` where the config has no KEY (it then exits 1).
+_PACKAGE_MISSING = re.compile(r"package '[^']*' not found in config")
 
 
 class _App:
@@ -296,8 +299,12 @@ def run(args: list[str]) -> int:
         _App.held = io.StringIO()  # what argparse wrote is replaced by one line
         _App.release_stderr()
         message = _argparse_error(held) if exc.code == 2 else None
+        package = _PACKAGE_MISSING.search(held) if exc.code == 1 else None
         if message is not None:
             code = _error(f"{message} (overrides look like key=value; see --help)")
+        elif package is not None:  # --cfg ... -p KEY: Hydra's own line and exit 1
+            code = _error(f"{package.group(0)} (-p/--package takes a dotted key of the "
+                          f"config, e.g. mimo.modules)")
         else:
             sys.stderr.write(held)
             code = exc.code if isinstance(exc.code, int) else 1
