@@ -226,6 +226,33 @@ def test_a_site_cluster_config_in_its_own_folder(how, tmp_path):
 
 # --- Hydra's own flags ----------------------------------------------------------------------
 
+def test_the_sweep_table_escapes_its_cells_and_shows_overrides_as_written(tmp_path):
+    from mimo_launch.app.sweep import Point, Sweep
+
+    sweep = Sweep(tmp_path)
+    sweep.record(Point(0, ["entrypoint=examples.mimo_step\\:main", "tag=a|b"], "/r/0"), 2,
+                 1.0, "bad | value")
+    row = sweep.table().splitlines()[2]
+    assert row == ("| 0 | entrypoint=examples.mimo_step:main tag=a\\|b | bad input: bad \\| "
+                   "value | 2 | 1.0 | /r/0 |"), row
+    assert len(re.findall(r"(?<!\\)\|", row)) == 7  # six cells, whatever the values hold
+
+
+def test_points_that_verify_nothing_are_not_called_passed(tmp_path):
+    from mimo_launch.app.hydra_app import _unverified
+    from mimo_launch.settings.app_config import load_settings
+
+    assert _unverified(load_settings(["cluster=slurm", "dry_run=true"])) == "dry run"
+    assert _unverified(load_settings(["cluster=slurm"])) is None
+    sweep_dir = tmp_path / "sw"
+    proc = run_cli("-m", "mode=plan", "plan.picture=false,true", f"hydra.sweep.dir={sweep_dir}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    points = json.loads((sweep_dir / "sweep.json").read_text())["points"]
+    assert [p["verdict"] for p in points] == ["planned", "planned"]
+    assert "| planned |" in (sweep_dir / "sweep.md").read_text()
+
+
 def test_cfg_with_an_unknown_package_is_bad_input(tmp_path):
     line = _one_error_line(run_cli("--cfg", "job", "-p", "nope", cwd=tmp_path))
     assert line.startswith("mimo-launch: error: package 'nope' not found in config"), line

@@ -211,6 +211,18 @@ def _single(cfg: DictConfig) -> LaunchSettings:
         raise _Refused() from None
 
 
+def _unverified(settings: LaunchSettings) -> str | None:
+    """A point that verifies nothing when it exits 0: 'planned' (mode=plan), 'dry run' (Slurm's
+    dry_run=true); None for a run."""
+    from ..app.sweep import DRY_RUN, PLANNED
+
+    if settings.config.mode == "plan":
+        return PLANNED
+    if settings.config.get("dry_run") and settings.cluster.get("launcher") == "slurm":
+        return DRY_RUN
+    return None
+
+
 def _sweep_point(cfg: DictConfig) -> int:
     from ..app.interrupts import Interrupted, exit_code, held, held_in_last_run, signal_of
 
@@ -224,7 +236,7 @@ def _sweep_point(cfg: DictConfig) -> int:
     point = Point(int(hc.job.num), [str(o) for o in hc.overrides.task], hc.runtime.output_dir)
     print(f"{PROG}: sweep point #{point.num}: {' '.join(point.overrides) or '(defaults)'}",
           flush=True)
-    start, error = time.monotonic(), None
+    start, error, unverified = time.monotonic(), None, None
     try:
         _App.sweep.point_dir(hc.runtime.output_dir)
         settings = _prepare(_validated(_with_hydra(cfg), hc.runtime.output_dir))
@@ -233,12 +245,13 @@ def _sweep_point(cfg: DictConfig) -> int:
         code = _error(error, getattr(exc, "hint", None))
     else:
         point.run_dir = str(settings.run_dir)
+        unverified = _unverified(settings)
         try:
             code = _execute(settings)
         except KeyboardInterrupt as exc:  # before the ranks' own handling: the point counts
             code = exit_code(signal_of(exc))
     with held() as came:  # the point is recorded whole
-        _App.sweep.record(point, code, time.monotonic() - start, error)
+        _App.sweep.record(point, code, time.monotonic() - start, error, unverified)
     came = held_in_last_run() + came  # held after the verdict: it stood, the sweep stops
     signum = came[0] if came else code - 128 if code > 128 else None
     if signum is not None:  # interrupted: stop the sweep here

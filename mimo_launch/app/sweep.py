@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from ..settings.app_config import UsageError
 SWEEP_MARKER = ".mimo-launch-sweep"
 # Most severe first; an interrupt (128 + signal, e.g. 130) outranks them all.
 SEVERITY = (3, 1, 4, 5, 2, 0)
+# Exit 0 without verifying anything: mode=plan, a Slurm dry run (Sweep.record's unverified).
+PLANNED, DRY_RUN = "planned", "dry run"
 VERDICTS = {0: "passed", 1: "mismatch", 2: "bad input", 3: "failure", 4: "health problem",
             5: "pending too long"}
 
@@ -30,6 +33,17 @@ VERDICTS = {0: "passed", 1: "mismatch", 2: "bad input", 3: "failure", 4: "health
 def verdict_of(code: int) -> str:
     """A point's verdict word for its exit code ('interrupted' for 128 + a signal)."""
     return "interrupted" if code > 128 else VERDICTS.get(code, f"exit {code}")
+
+
+def unescape(override: str) -> str:
+    """An override as the user wrote it: without Hydra's backslash escapes
+    (`examples.mimo_step\\:main` -> `examples.mimo_step:main`)."""
+    return re.sub(r"\\(.)", r"\1", override)
+
+
+def cell(text: str) -> str:
+    """`text` as one Markdown table cell: `|` escaped, on one line."""
+    return " ".join(text.replace("\\", "\\\\").replace("|", "\\|").split())
 
 
 def worst(codes: list[int]) -> int:
@@ -107,8 +121,12 @@ class Sweep:
         except OSError:
             pass
 
-    def record(self, point: Point, code: int, time_s: float, error: str | None = None) -> None:
-        point.exit_code, point.verdict = code, verdict_of(code)
+    def record(self, point: Point, code: int, time_s: float, error: str | None = None,
+               unverified: str | None = None) -> None:
+        """Record `point`'s outcome; `unverified` ('planned', 'dry run') is its verdict when it
+        exits 0 without verifying anything."""
+        point.exit_code, point.verdict = code, unverified if unverified and code == 0 \
+            else verdict_of(code)
         point.time_s, point.error = round(time_s, 2), error
         self.points.append(point)
 
@@ -124,9 +142,9 @@ class Sweep:
                 "| --- | --- | --- | --- | --- | --- |"]
         for p in self.points:
             verdict = p.verdict + (f": {p.error}" if p.error else "")
-            rows.append(f"| {p.num} | {' '.join(p.overrides) or '(defaults)'} | "
-                        f"{verdict.replace('|', '/')} | {p.exit_code} | {p.time_s:.1f} | "
-                        f"{p.run_dir} |")
+            point = " ".join(unescape(o) for o in p.overrides) or "(defaults)"
+            rows.append(f"| {p.num} | {cell(point)} | {cell(verdict)} | {p.exit_code} | "
+                        f"{p.time_s:.1f} | {cell(p.run_dir)} |")
         end = (f"stopped by an interrupt after {len(self.points)} point(s)"
                if interrupted is not None else f"{len(self.points)} point(s)")
         return "\n".join(rows) + f"\n\n{end}; exit code {self.exit_code(interrupted)}\n"
@@ -152,4 +170,4 @@ def check_subdir(subdir: str) -> None:
                          f"${{hydra.job.num}})")
 
 
-__all__ = ["Point", "check_subdir", "SEVERITY", "Sweep", "verdict_of", "worst"]
+__all__ = ["Point", "cell", "check_subdir", "unescape", "SEVERITY", "Sweep", "verdict_of", "worst"]
