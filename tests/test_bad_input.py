@@ -121,6 +121,21 @@ CASES = {
          "cluster.container_mounts=[/tmp:/data]"],
         ["is not under any cluster.container_mounts entry"]),
     "unknown option": (["--frobnicate"], ["--frobnicate"]),
+    "typo in a middle part (health)": (["heath.iters=3", "check=health"],
+                                       ["unknown key 'heath' in 'heath.iters'",
+                                        "did you mean 'health.iters'?"]),
+    "typo in a middle part (cluster)": (["clustr.partition=x"],
+                                        ["unknown key 'clustr'", "'cluster.partition'?"]),
+    "typo in mimo.modules": (["mimo.modulse.language.tp=2"],
+                             ["unknown key 'mimo.modulse'", "'mimo.modules.language.tp'?"]),
+    "typo in a module's name": (["mimo.modules.langauge.tp=2"],
+                                ["unknown key 'mimo.modules.langauge'",
+                                 "'mimo.modules.language.tp'?"]),
+    "absurd health warmup": (["check=health", "health.warmup=100000000"],
+                             ["health.warmup must be an integer in [0, 1000]", "100000000"]),
+    "mimo removed": (["mode=plan", "~mimo"], ["no key 'mimo'", "~mimo", "required"]),
+    "cluster removed": (["mode=plan", "~cluster"], ["no key 'cluster'", "required"]),
+    "timeout removed": (["mode=plan", "~timeout_s"], ["no key 'timeout_s'", "required"]),
 }
 
 

@@ -206,3 +206,62 @@ def test_a_disk_that_fills_after_the_verdict_leaves_the_verdict_and_no_half_file
     assert "mimo-launch: warning: no rank map (OSError: [Errno 28] No space left on device" in err
     assert json.loads((run_dir / "report.json").read_text())["passed"] is True
     assert _no_artifacts(run_dir) == []
+
+
+def _signal_once_claimed(args: list[str], marker: Path, sig, tmp_path: Path,
+                         after_s: float = 0.0):
+    """Start `mimo-launch args`; send `sig` `after_s` after `marker` (a run directory's claim)
+    appears, i.e. during the launcher's start-up (torch's first import, the ranks' start)."""
+    env = dict(os.environ, CI="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([str(MIMO_LAUNCH), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    time.sleep(after_s)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("after_s", [0.0, 0.05, 0.4])
+def test_a_signal_during_start_up_exits_143_with_report_json(after_s, tmp_path):
+    """Signals are held over torch's first import (an exception raised in native code would
+    abort, exit 134) and raised right after; report.json records the interrupt whatever the
+    moment after the run directory is claimed."""
+    run_dir = tmp_path / "run"
+    code, out, err = _signal_once_claimed([f"hydra.run.dir={run_dir}"],
+                                          run_dir / ".mimo-launch-run", signal.SIGTERM,
+                                          tmp_path, after_s)
+    assert code == 143, out + err
+    assert "Traceback" not in out + err and "terminate called" not in err
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["interrupted"] is True and report["interrupted_by"] == "SIGTERM", report
+
+
+@pytest.mark.timeout(120)
+def test_a_signal_during_a_sweep_points_start_up_writes_the_summary(tmp_path):
+    sweep_dir = tmp_path / "sw"
+    code, out, err = _signal_once_claimed(["-m", "mimo=vlm_8", f"hydra.sweep.dir={sweep_dir}"],
+                                          sweep_dir / "0" / ".mimo-launch-run", signal.SIGTERM,
+                                          tmp_path, 0.05)
+    assert code == 143, out + err
+    assert "terminate called" not in err and "Traceback" not in out + err
+    summary = json.loads((sweep_dir / "sweep.json").read_text())
+    assert summary["interrupted"] is True and summary["points"][0]["exit_code"] == 143
+    assert (sweep_dir / "sweep.md").exists()
+    assert json.loads((sweep_dir / "0" / "report.json").read_text())["interrupted"] is True
+
+
+@pytest.mark.timeout(60)
+def test_a_failure_in_the_health_stage_says_the_verification_passed(tmp_path):
+    """Like the teardown: the health stage runs after a passing verification, whose verdict
+    and checks stand; the headline names the stage that failed."""
+    run_dir = tmp_path / "run"
+    proc = run_cli("check=health", "fault.hang_rank=5", "fault.phase=health",
+                   f"timeout_s={TIMEOUT_S}", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=50)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "mimo-launch verification PASSED, health stage FAILED" in proc.stdout, proc.stdout
+    assert "module vision       ranks [0, 4)  TP2 CP1 ETP1 PP1 DP2  checks passed" in proc.stdout
+    assert json.loads((run_dir / "report.json").read_text())["failed_phase"] == "health"

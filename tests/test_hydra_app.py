@@ -76,6 +76,26 @@ def test_a_sweep_dir_holding_an_earlier_sweep_is_refused_before_any_point(tmp_pa
     assert [p.name for p in sweep_dir.iterdir()] == [".mimo-launch-sweep"]
 
 
+@pytest.mark.timeout(120)
+def test_a_sweep_dir_gets_the_run_dirs_checks_and_points_stay_inside_it(tmp_path):
+    """hydra.sweep.dir=/ is refused as hydra.run.dir=/ is (nothing written into /); a file is
+    named as a file, not an earlier sweep; a subdir climbing out or absolute is refused."""
+    before = set(os.listdir("/"))
+    line = _one_error_line(run_cli("-m", "mode=plan", "hydra.sweep.dir=/", cwd=tmp_path))
+    assert "hydra.sweep.dir / is the file-system root" in line, line
+    assert set(os.listdir("/")) == before
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    line = _one_error_line(run_cli("-m", "mode=plan", f"hydra.sweep.dir={a_file}",
+                                   cwd=tmp_path))
+    assert line.endswith("cannot be used: a file of that name exists"), line
+    for subdir in ("../esc", str(tmp_path / "abs")):
+        line = _one_error_line(run_cli("-m", "mode=plan", f"hydra.sweep.dir={tmp_path / 'sw'}",
+                                       f"hydra.sweep.subdir={subdir}", cwd=tmp_path))
+        assert "would put points outside the sweep directory" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
 def _start_sweep(tmp_path: Path, *args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", CI="1")
     return subprocess.Popen([str(MIMO_LAUNCH), "-m", *args,
@@ -205,6 +225,38 @@ def test_a_site_cluster_config_in_its_own_folder(how, tmp_path):
 
 
 # --- Hydra's own flags ----------------------------------------------------------------------
+
+def test_the_sweep_table_escapes_its_cells_and_shows_overrides_as_written(tmp_path):
+    from mimo_launch.app.sweep import Point, Sweep
+
+    sweep = Sweep(tmp_path)
+    sweep.record(Point(0, ["entrypoint=examples.mimo_step\\:main", "tag=a|b"], "/r/0"), 2,
+                 1.0, "bad | value")
+    row = sweep.table().splitlines()[2]
+    assert row == ("| 0 | entrypoint=examples.mimo_step:main tag=a\\|b | bad input: bad \\| "
+                   "value | 2 | 1.0 | /r/0 |"), row
+    assert len(re.findall(r"(?<!\\)\|", row)) == 7  # six cells, whatever the values hold
+
+
+def test_points_that_verify_nothing_are_not_called_passed(tmp_path):
+    from mimo_launch.app.hydra_app import _unverified
+    from mimo_launch.settings.app_config import load_settings
+
+    assert _unverified(load_settings(["cluster=slurm", "dry_run=true"])) == "dry run"
+    assert _unverified(load_settings(["cluster=slurm"])) is None
+    sweep_dir = tmp_path / "sw"
+    proc = run_cli("-m", "mode=plan", "plan.picture=false,true", f"hydra.sweep.dir={sweep_dir}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    points = json.loads((sweep_dir / "sweep.json").read_text())["points"]
+    assert [p["verdict"] for p in points] == ["planned", "planned"]
+    assert "| planned |" in (sweep_dir / "sweep.md").read_text()
+
+
+def test_cfg_with_an_unknown_package_is_bad_input(tmp_path):
+    line = _one_error_line(run_cli("--cfg", "job", "-p", "nope", cwd=tmp_path))
+    assert line.startswith("mimo-launch: error: package 'nope' not found in config"), line
+
 
 @pytest.mark.timeout(120)
 def test_hydras_flags_work_as_hydra_documents_them(tmp_path):

@@ -3,6 +3,8 @@ with Pillow; and the console's progress lines and final table."""
 
 import json
 import re
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -222,3 +224,39 @@ def test_the_picture_of_a_huge_world_stays_bounded(tmp_path):
     assert "... 2,048 more nodes (ranks 2,048-4,095) not drawn; 2 of their ranks failed" \
         in svg.read_text()
     assert count_cells(png, FAIL_COLOUR) == 1 + 1  # rank 5, and the legend
+
+
+_CUT_SCRIPT = """
+import dataclasses, os, signal, sys
+from pathlib import Path
+from mimo_launch.app import interrupts
+from mimo_launch.reports import artifacts
+from mimo_launch.reports.report import Report
+from mimo_launch.settings.app_config import load_settings
+
+run_dir = Path(sys.argv[1])
+run_dir.mkdir()
+settings = dataclasses.replace(load_settings([]), run_dir=run_dir)
+real_draw = artifacts._draw
+
+def draw(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # report.md is written; the rank map is cut
+    return real_draw(*args, **kwargs)
+
+artifacts._draw = draw
+interrupts.install()
+with interrupts.one_run(), interrupts.held(lasting=True) as came:
+    artifacts.files_after_verdict(settings, Report(passed=True, world_size=8, backend="gloo"),
+                                  came)
+print(sorted(p.name for p in run_dir.iterdir()))
+"""
+
+
+def test_an_interrupt_after_the_verdict_names_exactly_the_files_not_written(tmp_path):
+    """report.md written, the rank map cut by SIGTERM: the note names the rank map only."""
+    out = subprocess.run([sys.executable, "-c", _CUT_SCRIPT, str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "['report.md']", out.stdout
+    assert ("mimo-launch: interrupted (SIGTERM) after the verdict: the rank map was not "
+            "written; the verdict above and report.json stand") in out.stderr, out.stderr

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import sys
 import time
@@ -32,9 +33,9 @@ import time
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from ..app.sweep import Point, Sweep
+from ..app.sweep import Point, Sweep, check_subdir
 from ..mimo_config import MimoConfigError
 from ..settings.app_config import (
     LaunchSettings,
@@ -50,6 +51,8 @@ PROG = "mimo-launch"
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                 "--config-dir", "-cd", "--experimental-rerun"}
 _CFG_KINDS = ("job", "hydra", "all")
+# Hydra's message for `--cfg ... -p KEY` where the config has no KEY (it then exits 1).
+_PACKAGE_MISSING = re.compile(r"package '[^']*' not found in config")
 
 
 class _App:
@@ -88,15 +91,37 @@ def _prepare(settings: LaunchSettings) -> LaunchSettings:
     return claim_output(settings)
 
 
+def _validated(config: DictConfig, output_dir: str | None = None) -> LaunchSettings:
+    """`settings_from_config`, with a key the composed config lacks (removed with `~key`) as a
+    UsageError (one line), not OmegaConf's error."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return (settings_from_config(config) if output_dir is None
+                else settings_from_config(config, output_dir))
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or str(exc).splitlines()[0]
+        raise UsageError(f"the config has no key '{key}' (was it removed with ~{key}?); "
+                         f"it is required") from None
+
+
 def _execute(settings: LaunchSettings) -> int:
     """Run a prepared job: plan mode or a launch; the exit code."""
     if settings.config.mode == "plan":  # no rank is started, torch is not even imported
         from ..reports.artifacts import run_plan
 
         return run_plan(settings)
-    from ..app.launch import launch
+    from ..app.interrupts import deferred, signal_of
 
-    return launch(settings)
+    try:
+        with deferred():  # torch's first import: a signal in native code would abort
+            from ..app.launch import launch
+        return launch(settings)
+    except KeyboardInterrupt as exc:  # before the ranks' own handling: report.json says so
+        from ..reports.artifacts import report_interrupted
+
+        report_interrupted(settings, signal_of(exc))
+        raise
 
 
 def _with_hydra(cfg: DictConfig) -> DictConfig:
@@ -128,7 +153,7 @@ class LaunchCallback(Callback):
         _App.release_stderr()
         where = os.getcwd()  # exists: Hydra creates nothing for a refused or claimless run
         try:
-            settings = settings_from_config(config)
+            settings = _validated(config)
             prepared = _prepare(settings)
         except (UsageError, MimoConfigError, ValueError) as exc:
             _App.refused = exc
@@ -145,6 +170,8 @@ class LaunchCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         _App.release_stderr()
         try:
+            check_subdir(str(OmegaConf.to_container(config.hydra.sweep, resolve=False)
+                             .get("subdir", "")))
             _App.sweep = Sweep.claim(config.hydra.sweep.dir)
             if str(config.hydra.launcher.get("_target_", "")).startswith("hydra_plugins."):
                 from .submitit_sweep import check_plugin, point_to
@@ -189,15 +216,26 @@ def _single(cfg: DictConfig) -> LaunchSettings:
     """A single run's settings where no LaunchCallback ran (another primary config): validated
     in Hydra's run directory, which Hydra has already made."""
     try:
-        return _prepare(settings_from_config(_with_hydra(cfg),
-                                             HydraConfig.get().runtime.output_dir))
+        return _prepare(_validated(_with_hydra(cfg), HydraConfig.get().runtime.output_dir))
     except (UsageError, MimoConfigError, ValueError) as exc:
         _App.refused = exc
         raise _Refused() from None
 
 
+def _unverified(settings: LaunchSettings) -> str | None:
+    """A point that verifies nothing when it exits 0: 'planned' (mode=plan), 'dry run' (Slurm's
+    dry_run=true); None for a run."""
+    from ..app.sweep import DRY_RUN, PLANNED
+
+    if settings.config.mode == "plan":
+        return PLANNED
+    if settings.config.get("dry_run") and settings.cluster.get("launcher") == "slurm":
+        return DRY_RUN
+    return None
+
+
 def _sweep_point(cfg: DictConfig) -> int:
-    from ..app.interrupts import Interrupted, held, held_in_last_run
+    from ..app.interrupts import Interrupted, exit_code, held, held_in_last_run, signal_of
 
     hc = HydraConfig.get()
     if _App.sweep is None:  # a primary config without LaunchCallback
@@ -209,17 +247,22 @@ def _sweep_point(cfg: DictConfig) -> int:
     point = Point(int(hc.job.num), [str(o) for o in hc.overrides.task], hc.runtime.output_dir)
     print(f"{PROG}: sweep point #{point.num}: {' '.join(point.overrides) or '(defaults)'}",
           flush=True)
-    start, error = time.monotonic(), None
+    start, error, unverified = time.monotonic(), None, None
     try:
-        settings = _prepare(settings_from_config(_with_hydra(cfg), hc.runtime.output_dir))
+        _App.sweep.point_dir(hc.runtime.output_dir)
+        settings = _prepare(_validated(_with_hydra(cfg), hc.runtime.output_dir))
     except (UsageError, MimoConfigError, ValueError) as exc:
         error = str(exc)
         code = _error(error, getattr(exc, "hint", None))
     else:
         point.run_dir = str(settings.run_dir)
-        code = _execute(settings)
+        unverified = _unverified(settings)
+        try:
+            code = _execute(settings)
+        except KeyboardInterrupt as exc:  # before the ranks' own handling: the point counts
+            code = exit_code(signal_of(exc))
     with held() as came:  # the point is recorded whole
-        _App.sweep.record(point, code, time.monotonic() - start, error)
+        _App.sweep.record(point, code, time.monotonic() - start, error, unverified)
     came = held_in_last_run() + came  # held after the verdict: it stood, the sweep stops
     signum = came[0] if came else code - 128 if code > 128 else None
     if signum is not None:  # interrupted: stop the sweep here
@@ -280,8 +323,12 @@ def run(args: list[str]) -> int:
         _App.held = io.StringIO()  # what argparse wrote is replaced by one line
         _App.release_stderr()
         message = _argparse_error(held) if exc.code == 2 else None
+        package = _PACKAGE_MISSING.search(held) if exc.code == 1 else None
         if message is not None:
             code = _error(f"{message} (overrides look like key=value; see --help)")
+        elif package is not None:  # --cfg ... -p KEY: Hydra's own line and exit 1
+            code = _error(f"{package.group(0)} (-p/--package takes a dotted key of the "
+                          f"config, e.g. mimo.modules)")
         else:
             sys.stderr.write(held)
             code = exc.code if isinstance(exc.code, int) else 1
@@ -299,6 +346,12 @@ def run(args: list[str]) -> int:
         code = _error(str(_App.refused), getattr(_App.refused, "hint", None))
     except KeyboardInterrupt as exc:
         _App.release_stderr()
+        if _App.settings is not None:  # a single run's directory is claimed: report.json
+            from ..app.interrupts import held as hold
+            from ..reports.artifacts import report_interrupted
+
+            with hold():
+                report_interrupted(_App.settings, signal_of(exc))
         if _App.sweep is None or not _App.sweep.points:  # nothing to summarise
             if _App.sweep is not None:
                 _App.sweep.release_if_empty()

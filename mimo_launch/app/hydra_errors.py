@@ -19,11 +19,43 @@ def describe(exc: BaseException, overrides: list[str]) -> tuple[str, str | None]
     """(one line naming the problem, one hint line or None) for a Hydra or OmegaConf error
     raised while composing `overrides`."""
     message = str(exc)
-    line = one_line(message)
+    line = one_line(message, overrides)
     bad = unparsable(overrides)
     if bad is not None and bad not in line:
         line = f"cannot parse override '{bad}': {line}"
     return line, hint(message)
+
+
+def _inner_typo(path: str, overrides: list[str] | None) -> tuple[str, str] | None:
+    """(the key up to its first unknown part, the closest valid key) where that part is not
+    the last one (a leaf typo keeps `suggest_for_path`'s message), else None."""
+    from ..settings.config_keys import suggest_path
+
+    found = suggest_path(path, _module_names(overrides or []))
+    if found is None or found[0] == path:
+        return None
+    return found
+
+
+def _module_names(overrides: list[str]) -> list[str] | None:
+    """The module names of the layout the command line picks (`mimo=NAME`, else the default
+    preset), read from its preset file; None if that cannot be known."""
+    from omegaconf import OmegaConf
+
+    from ..settings.app_config import conf_dir
+
+    names = [o.split("=", 1)[1] for o in overrides if o.startswith("mimo=")]
+    preset = names[-1] if names else None
+    try:
+        if preset is None:
+            defaults = OmegaConf.load(conf_dir() / "config.yaml").defaults
+            preset = next(d["mimo"] for d in defaults if hasattr(d, "get") and "mimo" in d)
+        modules = OmegaConf.load(conf_dir() / "mimo" / f"{preset}.yaml").modules
+        extra = [o.split("=", 1)[0].lstrip("+").split(".")[2] for o in overrides
+                 if o.lstrip("+").startswith("mimo.modules.") and o.startswith("+")]
+        return [str(k) for k in modules] + extra
+    except Exception:  # noqa: BLE001 - a site's own preset: take any module name
+        return None
 
 
 def hint(message: str) -> str | None:
@@ -35,7 +67,7 @@ def hint(message: str) -> str | None:
     return "; ".join(f[0].lower() + f[1:] for f in fixes)
 
 
-def one_line(message: str) -> str:
+def one_line(message: str, overrides: list[str] | None = None) -> str:
     """The first line of a Hydra message, with what the next lines add that matters: the
     available options of a config group, the closest key for a key that does not exist (or
     Hydra's advice to append it), the grammar's complaint about an override."""
@@ -52,6 +84,10 @@ def one_line(message: str) -> str:
                 break
             options.append(ln)
         first += f"; available: {', '.join(options)}"
+    elif missing and _inner_typo(missing.group(1), overrides) is not None:
+        path = missing.group(1)
+        bad, better = _inner_typo(path, overrides)
+        first = f"unknown key '{bad}' in '{path}' (did you mean '{better}'?)"
     elif missing and suggest_for_path(missing.group(1)):
         path = missing.group(1)
         first = (f"unknown key '{path}' (did you mean "

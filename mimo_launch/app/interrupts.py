@@ -101,6 +101,21 @@ def held(lasting: bool = False) -> Iterator[list[int]]:
 
 
 @contextmanager
+def deferred() -> Iterator[None]:
+    """Hold the three signals over native code (torch's and megatron-core's first import):
+    a Python exception raised by `_handle` inside C++/pybind11 code aborts the process. The
+    first signal that came is raised right after the block, as if it had come then. Inside
+    another hold, the block simply joins it."""
+    if _State.came is not None:
+        yield
+        return
+    with held() as came:
+        yield
+    if came:
+        raise KeyboardInterrupt() if came[0] == signal.SIGINT else Interrupted(came[0])
+
+
+@contextmanager
 def one_run() -> Iterator[None]:
     """The launcher's frame around one run: a `held(lasting=True)` block inside it holds until
     the frame ends (the ranks have ended: from there on the verdict stands)."""

@@ -56,8 +56,10 @@ def launch(settings: LaunchSettings) -> int:
     come from `app_config.claim_output` (allocation checked, run directory claimed)."""
     launcher = settings.cluster.get("launcher")
     if launcher == "slurm":
-        from ..app.interrupts import held, one_run
-        from ..launchers.slurm_launcher import launch_slurm
+        from ..app.interrupts import deferred, held, one_run
+
+        with deferred():  # native imports: a signal there would abort (interrupts.deferred)
+            from ..launchers.slurm_launcher import launch_slurm
         from ..reports.artifacts import artifacts_after
 
         with one_run():  # from the job's end on, signals are held: the verdict stands
@@ -68,12 +70,15 @@ def launch(settings: LaunchSettings) -> int:
     if launcher != "local":
         print(f"mimo-launch: error: unknown cluster.launcher {launcher!r}", file=sys.stderr)
         return 2
-    from ..launchers.local_launcher import launch_local
+    from ..app.interrupts import deferred
 
-    if settings.entrypoint:  # megatron-core's package init once here, not in every rank
-        from ..groups.pg_collections import process_group_collection_class
+    with deferred():  # native imports: a signal there would abort (interrupts.deferred)
+        from ..launchers.local_launcher import launch_local
 
-        process_group_collection_class()
+        if settings.entrypoint:  # megatron-core's package init once here, not in every rank
+            from ..groups.pg_collections import process_group_collection_class
+
+            process_group_collection_class()
 
     print(f"mimo-launch: {settings.world_size} ranks on this machine "
           f"({'NCCL on GPUs' if settings.device == 'cuda' else 'gloo on CPU'}); "

@@ -10,8 +10,10 @@ an interrupt exits with that interrupt's code whatever its points did.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from ..settings.app_config import UsageError
 SWEEP_MARKER = ".mimo-launch-sweep"
 # Most severe first; an interrupt (128 + signal, e.g. 130) outranks them all.
 SEVERITY = (3, 1, 4, 5, 2, 0)
+# Exit 0 without verifying anything: mode=plan, a Slurm dry run (Sweep.record's unverified).
+PLANNED, DRY_RUN = "planned", "dry run"
 VERDICTS = {0: "passed", 1: "mismatch", 2: "bad input", 3: "failure", 4: "health problem",
             5: "pending too long"}
 
@@ -29,6 +33,17 @@ VERDICTS = {0: "passed", 1: "mismatch", 2: "bad input", 3: "failure", 4: "health
 def verdict_of(code: int) -> str:
     """A point's verdict word for its exit code ('interrupted' for 128 + a signal)."""
     return "interrupted" if code > 128 else VERDICTS.get(code, f"exit {code}")
+
+
+def unescape(override: str) -> str:
+    """An override as the user wrote it: without Hydra's backslash escapes
+    (`examples.mimo_step\\:main` -> `examples.mimo_step:main`)."""
+    return re.sub(r"\\(.)", r"\1", override)
+
+
+def cell(text: str) -> str:
+    """`text` as one Markdown table cell: `|` escaped, on one line."""
+    return " ".join(text.replace("\\", "\\\\").replace("|", "\\|").split())
 
 
 def worst(codes: list[int]) -> int:
@@ -66,6 +81,12 @@ class Sweep:
         """Claim `sweep_dir` (created if needed) for this sweep. A directory holding an earlier
         sweep's marker, or one that cannot be written, is refused: UsageError (one line)."""
         path = Path(sweep_dir).expanduser().absolute()
+        if path == Path(path.anchor):
+            raise UsageError(f"hydra.sweep.dir {path} is the file-system root: give "
+                             f"hydra.sweep.dir a directory of its own")
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"hydra.sweep.dir {path} cannot be used: a file of that name "
+                             f"exists")
         try:
             path.mkdir(parents=True, exist_ok=True)
             os.close(os.open(path / SWEEP_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
@@ -73,8 +94,20 @@ class Sweep:
             raise UsageError(f"hydra.sweep.dir {path} holds an earlier sweep: give another "
                              f"hydra.sweep.dir") from None
         except OSError as exc:
-            raise UsageError(f"hydra.sweep.dir {path} cannot be used: {exc.strerror}") from None
+            reason = {errno.ENOTDIR: "a part of the path is a file",
+                      errno.EROFS: "the file system is read-only"}.get(exc.errno, exc.strerror)
+            raise UsageError(f"hydra.sweep.dir {path} cannot be used: {reason}") from None
         return cls(path)
+
+    def point_dir(self, output_dir: str | Path) -> Path:
+        """A point's directory, which must lie inside the sweep directory (hydra.sweep.subdir
+        neither absolute nor climbing out with `..`); UsageError otherwise."""
+        point = Path(output_dir).expanduser().absolute()
+        inside = Path(os.path.normpath(point))
+        if inside == self.sweep_dir or self.sweep_dir not in inside.parents:
+            raise UsageError(f"hydra.sweep.subdir puts a point in {inside}, outside the sweep "
+                             f"directory {self.sweep_dir}: give a relative subdir without '..'")
+        return point
 
     def release_if_empty(self) -> None:
         """Undo the claim of a sweep that ran no point (refused before its first): the marker,
@@ -88,8 +121,12 @@ class Sweep:
         except OSError:
             pass
 
-    def record(self, point: Point, code: int, time_s: float, error: str | None = None) -> None:
-        point.exit_code, point.verdict = code, verdict_of(code)
+    def record(self, point: Point, code: int, time_s: float, error: str | None = None,
+               unverified: str | None = None) -> None:
+        """Record `point`'s outcome; `unverified` ('planned', 'dry run') is its verdict when it
+        exits 0 without verifying anything."""
+        point.exit_code, point.verdict = code, unverified if unverified and code == 0 \
+            else verdict_of(code)
         point.time_s, point.error = round(time_s, 2), error
         self.points.append(point)
 
@@ -105,9 +142,9 @@ class Sweep:
                 "| --- | --- | --- | --- | --- | --- |"]
         for p in self.points:
             verdict = p.verdict + (f": {p.error}" if p.error else "")
-            rows.append(f"| {p.num} | {' '.join(p.overrides) or '(defaults)'} | "
-                        f"{verdict.replace('|', '/')} | {p.exit_code} | {p.time_s:.1f} | "
-                        f"{p.run_dir} |")
+            point = " ".join(unescape(o) for o in p.overrides) or "(defaults)"
+            rows.append(f"| {p.num} | {cell(point)} | {cell(verdict)} | {p.exit_code} | "
+                        f"{p.time_s:.1f} | {cell(p.run_dir)} |")
         end = (f"stopped by an interrupt after {len(self.points)} point(s)"
                if interrupted is not None else f"{len(self.points)} point(s)")
         return "\n".join(rows) + f"\n\n{end}; exit code {self.exit_code(interrupted)}\n"
@@ -124,4 +161,13 @@ class Sweep:
                                   json.dumps(data, indent=2) + "\n")]
 
 
-__all__ = ["Point", "SEVERITY", "Sweep", "verdict_of", "worst"]
+def check_subdir(subdir: str) -> None:
+    """`hydra.sweep.subdir` as written (before interpolation): relative and without `..`, so
+    that every point stays inside the sweep directory; UsageError otherwise."""
+    if not subdir.strip() or os.path.isabs(subdir) or ".." in Path(subdir).parts:
+        raise UsageError(f"hydra.sweep.subdir={subdir} would put points outside the sweep "
+                         f"directory: give a relative subdir without '..' (default: "
+                         f"${{hydra.job.num}})")
+
+
+__all__ = ["Point", "cell", "check_subdir", "unescape", "SEVERITY", "Sweep", "verdict_of", "worst"]

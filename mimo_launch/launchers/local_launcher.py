@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from ..app.interrupts import describe, held, reset_in_child, signal_of
+from ..app.interrupts import deferred, describe, held, reset_in_child, signal_of
 from ..launchers.diagnosis import Diagnosis, RankExit, diagnose, tail
 from ..rank.phases import (
     EXIT_TEARDOWN_OVERDUE,
@@ -166,18 +166,21 @@ def fork_ranks(world_size: int, run_dir: Path, timeout_s: float, body: RankBody,
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     pids: dict[int, int] = {}
     writers = []
-    for rank in range(world_size):
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            for fd in writers:
-                os.close(fd)
-            os.close(write_fd)
-            _child(world_size, rank, read_fd, log_path(run_dir, rank), timeout_s, body)
-        os.close(read_fd)
-        writers.append(write_fd)
-        pids[pid] = rank
     try:
+        # A signal raised inside os.fork's at-fork hooks (logging's lock) is swallowed and
+        # leaves the lock held: the forks hold signals, the first one raises after them.
+        with deferred():
+            for rank in range(world_size):
+                read_fd, write_fd = os.pipe()
+                pid = os.fork()
+                if pid == 0:
+                    for fd in writers:
+                        os.close(fd)
+                    os.close(write_fd)
+                    _child(world_size, rank, read_fd, log_path(run_dir, rank), timeout_s, body)
+                os.close(read_fd)
+                writers.append(write_fd)
+                pids[pid] = rank
         store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True,
                               wait_for_workers=False, timeout=timedelta(seconds=timeout_s))
         for fd in writers:

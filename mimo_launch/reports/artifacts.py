@@ -80,15 +80,17 @@ def _written(what: str, write):
 
 
 def write_artifacts(settings: LaunchSettings, report: Report, plan: Plan | None = None,
-                    picture: bool = True) -> list[Path]:
-    """Write report.md (linking the picture) and the rank map; return the paths written. A
-    file the disk refuses is a one-line warning and is left out of the list."""
+                    picture: bool = True, written: list[Path] | None = None) -> list[Path]:
+    """Write report.md (linking the picture) and the rank map; return the paths written (also
+    appended to `written` as each is done, so that an interrupted call leaves what it wrote).
+    A file the disk refuses is a one-line warning and is left out of the list."""
     plan = plan or plan_for(settings)
     report = with_modules(report, plan)
     run_dir = Path(settings.run_dir)
+    written = [] if written is None else written
     link = f"{RANKMAP_STEM}.png" if picture else None
     md = _written("report.md", lambda: write_report_md(run_dir, report, link, plan))
-    written = [md] if md else []
+    written += [md] if md else []
     if picture:
         ok = report.passed and not report.failure
         title = (f"run {'PASSED' if ok else 'FAILED'}: {report.world_size} ranks, "
@@ -98,6 +100,21 @@ def write_artifacts(settings: LaunchSettings, report: Report, plan: Plan | None 
     if report.health:
         written += _draw_health(report.health, run_dir / HEALTH_PICTURE)
     return written
+
+
+def _names_text(names: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def not_written(report: Report, paths: list[Path]) -> list[str]:
+    """The files after the verdict (report.md, the rank map, the health picture with
+    check=health) that are not among `paths`, by name."""
+    stems = {p.stem if p.suffix != ".md" else "report.md" for p in paths}
+    wanted = [("report.md", "report.md"), (RANKMAP_STEM, "the rank map")]
+    if report.health:
+        wanted.append((HEALTH_PICTURE, "the health picture"))
+    return [name for stem, name in wanted if stem not in stems]
 
 
 def _draw_health(health: dict, stem: Path) -> list[Path]:
@@ -137,14 +154,16 @@ def files_after_verdict(settings: LaunchSettings, report: Report, came: list[int
         if not came:
             with stoppable():
                 time.sleep(settings.fault.artifacts_delay_s)  # a rehearsal's window; 0 normally
-                paths = write_artifacts(settings, report, plan)
+                write_artifacts(settings, report, plan, written=paths)
     except KeyboardInterrupt as exc:
         if signal_of(exc) not in came:
             came.append(signal_of(exc))
     if came:
-        print(f"mimo-launch: interrupted ({describe(came[0])}) after the verdict: report.md and "
-              f"the rank map were not written; the verdict above and report.json stand",
-              file=sys.stderr)
+        missing = not_written(report, paths)
+        what = (f": {_names_text(missing)} {'was' if len(missing) == 1 else 'were'} not "
+                f"written;" if missing else " (every file was written);")
+        print(f"mimo-launch: interrupted ({describe(came[0])}) after the verdict{what} the "
+              f"verdict above and report.json stand", file=sys.stderr)
     _print_paths(paths)
 
 
@@ -154,6 +173,30 @@ def _print_paths(paths: list[Path]) -> None:
                 "health picture" if path.stem == HEALTH_PICTURE else "rank map")
         print(f"{name}: {path}"
               + (" (and .svg)" if path.suffix == ".png" else ""))
+
+
+def report_interrupted(settings: LaunchSettings, signum: int) -> None:
+    """A run interrupted after its run directory was claimed and before any report exists
+    (torch's import, the ranks' start): report.json says so (`interrupted` true)."""
+    import signal
+
+    from ..app.interrupts import describe
+    from ..reports.report import record_failure, write_report
+
+    run_dir = Path(settings.run_dir)
+    if settings.config.mode != "run" or not run_dir.is_dir() or read_report(run_dir):
+        return
+    report = Report(passed=False, world_size=settings.world_size,
+                    backend="nccl" if settings.device == "cuda" else "gloo",
+                    modules=module_summary(settings.layout),
+                    entrypoint=settings.entrypoint or None)
+    record_failure(report, f"interrupted ({describe(signum)}) before the ranks started", None,
+                   [])
+    report.interrupted, report.interrupted_by = True, signal.Signals(signum).name
+    try:
+        write_report(run_dir, report)
+    except OSError:
+        pass
 
 
 def artifacts_after(settings: LaunchSettings, came: list[int]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..app.interrupts import exit_code
 from ..checks.health_report import health_lines
 from ..mimo_config import MimoParallelismConfig
-from ..rank.phases import ENTRYPOINT_PHASE, TEARDOWN_PHASE
+from ..rank.phases import ENTRYPOINT_PHASE, HEALTH_PHASE, TEARDOWN_PHASE
 from ..reports.atomic_file import write_text_atomic
 
 REPORT_NAME = "report.json"
@@ -130,6 +130,8 @@ def verdict_line(report: Report) -> str:
         verdict = "PASSED, entry point FAILED"
     if report.failed_phase == TEARDOWN_PHASE and not report.mismatches:
         verdict = "PASSED, teardown FAILED"
+    if report.failed_phase == HEALTH_PHASE and not report.mismatches:
+        verdict = "PASSED, health stage FAILED"
     against = (f", verified against preset {report.verify_against} (verify_against)"
                if report.verify_against else "")
     return (f"mimo-launch verification {verdict}: world size {report.world_size}, "
@@ -138,7 +140,8 @@ def verdict_line(report: Report) -> str:
 
 def module_checks(report: Report) -> dict[str, dict[str, int]]:
     """Per module, the number of mismatches of each check; {} when verification never ran."""
-    if report.failure and not report.mismatches and report.failed_phase != TEARDOWN_PHASE:
+    if report.failure and not report.mismatches and report.failed_phase not in (
+            TEARDOWN_PHASE, HEALTH_PHASE):  # after a passing verification: its checks stand
         return {}
     out = {name: dict.fromkeys(CHECKS, 0) for name in report.modules}
     for mm in report.mismatches:

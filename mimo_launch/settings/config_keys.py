@@ -181,5 +181,45 @@ def suggest_for_path(path: str) -> str | None:
     return None
 
 
+def suggest_path(path: str, modules: Iterable[str] | None = None) -> tuple[str, str] | None:
+    """For a dotted key with an unknown part anywhere (`heath.iters`, `mimo.modulse.language.tp`):
+    (the key up to its first unknown part, the whole key with each unknown part replaced by the
+    closest valid one), or None when a part has no close match. `modules`: the module names of
+    the composed layout (None: any name is taken as a module's)."""
+    parts = path.split(".")
+    schema: Any = AppKeys
+    first = None
+    for i, part in enumerate(parts):
+        if schema is None:
+            return None
+        if schema == "cluster":
+            known: list[str] = sorted({f.name for s in SCHEMAS.values()
+                                       for f in dataclasses.fields(s)})
+            nxt: Any = None
+        elif schema == "modules":
+            known, nxt = (list(modules) if modules is not None else [part]), ModuleKeys
+        else:
+            fields = _fields(schema)
+            known, nxt = list(fields), None
+        if part not in known:
+            match = closest(part, known)
+            if match is None:
+                return None
+            first = i if first is None else first
+            parts[i] = part = match
+        if schema not in ("cluster", "modules"):
+            if part == "cluster" and schema is AppKeys:
+                nxt = "cluster"
+            elif part == "modules" and schema is MimoKeys:
+                nxt = "modules"
+            else:
+                nxt = _dataclass_of(_fields(schema)[part])
+        schema = nxt
+    if first is None:
+        return None
+    return ".".join(path.split(".")[:first + 1]), ".".join(parts)
+
+
 __all__ = ["AppKeys", "MimoKeys", "ModuleKeys", "check_keys", "closest", "suggest_for_path",
+           "suggest_path",
            "unknown_key_message"]

@@ -37,6 +37,8 @@ MIN_SIZE = 64 * KIB  # measured floor (module docstring): below it busbw is per-
 # gloo's staging copy. Measured (peak RSS growth of 2 gloo ranks, 256 MiB): all-reduce 1.07x the
 # size, all-gather and reduce-scatter 2.6x; rounded up.
 BUFFERS_PER_SIZE = 3
+# health.warmup's upper bound: warm-up is untimed and outside budget_s (HealthSettings).
+MAX_WARMUP = 1000
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
 _UNITS = {None: 1, "B": 1, "KiB": KIB, "MiB": MIB, "GiB": GIB}
 
@@ -49,7 +51,9 @@ class HealthSettings:
     gathered output of an all-gather, the input of a reduce-scatter, one message of a
     send/recv); None picks CPU_SIZES (gloo) or GPU_SIZES (nccl) on the rank.
     `warmup`, `iters`: untimed and timed iterations per group, op and size (at least one
-    warm-up runs even with `warmup=0`: its time sizes the budget).
+    warm-up runs even with `warmup=0`: its time sizes the budget). `warmup` is at most
+    MAX_WARMUP (1000): warm-up iterations are not bounded by `budget_s`, so a larger count
+    would only run into the stage's bound.
     `budget_s`: seconds per group kind (all its ops and sizes); fewer timed iterations are run
     where `iters` would exceed it (at least one). `bound_s` is the stage's bound in total.
     `threshold`: a group whose busbw is below `threshold` x its kind's median is a suspect.
@@ -98,10 +102,12 @@ def parse_size(value) -> int:
     return size
 
 
-def _count(data: dict, key: str, default: int, low: int) -> int:
+def _count(data: dict, key: str, default: int, low: int, high: int | None = None) -> int:
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"health.{key} must be an integer >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"health.{key} must be an integer in [{low}, {high}], got {value!r}")
     return value
 
 
@@ -133,7 +139,8 @@ def health_settings(check, data: dict) -> HealthSettings | None:
     if not isinstance(fail, bool):
         raise ValueError(f"health.fail must be true or false, got {fail!r}")
     settings = HealthSettings(
-        sizes=sizes, warmup=_count(data, "warmup", 2, 0), iters=_count(data, "iters", 10, 1),
+        sizes=sizes, warmup=_count(data, "warmup", 2, 0, MAX_WARMUP),
+        iters=_count(data, "iters", 10, 1),
         budget_s=_number(data, "budget_s", 3.0, 0, 3600),
         threshold=_number(data, "threshold", 0.7, 0, 1), fail=fail)
     return settings if check == "health" else None
