@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import signal
 import sys
 import time
 
@@ -235,7 +234,7 @@ def _unverified(settings: LaunchSettings) -> str | None:
 
 
 def _sweep_point(cfg: DictConfig) -> int:
-    from ..app.interrupts import Interrupted, exit_code, held, held_in_last_run, signal_of
+    from ..app.interrupts import exit_code, held, held_in_last_run, interrupt_for, signal_of
 
     hc = HydraConfig.get()
     if _App.sweep is None:  # a primary config without LaunchCallback
@@ -266,7 +265,7 @@ def _sweep_point(cfg: DictConfig) -> int:
     came = held_in_last_run() + came  # held after the verdict: it stood, the sweep stops
     signum = came[0] if came else code - 128 if code > 128 else None
     if signum is not None:  # interrupted: stop the sweep here
-        raise KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
+        raise interrupt_for(signum)
     return code
 
 

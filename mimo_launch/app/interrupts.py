@@ -47,7 +47,12 @@ def _handle(signum: int, _frame) -> None:
     _State.stoppable = False  # one signal stops the window; later ones are recorded
     if _State.came is not None:
         _State.came.append(signum)
-    raise KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
+    raise interrupt_for(signum)
+
+
+def interrupt_for(signum: int) -> KeyboardInterrupt:
+    """The exception a signal raises: KeyboardInterrupt for SIGINT, else `Interrupted`."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
 
 
 def install() -> None:
@@ -112,7 +117,7 @@ def deferred() -> Iterator[None]:
     with held() as came:
         yield
     if came:
-        raise KeyboardInterrupt() if came[0] == signal.SIGINT else Interrupted(came[0])
+        raise interrupt_for(came[0])
 
 
 @contextmanager

@@ -10,7 +10,6 @@ an interrupt exits with that interrupt's code whatever its points did.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from ..reports.atomic_file import write_text_atomic
 from ..settings.app_config import UsageError
+from ..settings.run_dir import unusable_reason
 
 # Created with O_EXCL in the sweep directory: "a sweep lives here".
 SWEEP_MARKER = ".mimo-launch-sweep"
@@ -94,9 +94,8 @@ class Sweep:
             raise UsageError(f"hydra.sweep.dir {path} holds an earlier sweep: give another "
                              f"hydra.sweep.dir") from None
         except OSError as exc:
-            reason = {errno.ENOTDIR: "a part of the path is a file",
-                      errno.EROFS: "the file system is read-only"}.get(exc.errno, exc.strerror)
-            raise UsageError(f"hydra.sweep.dir {path} cannot be used: {reason}") from None
+            raise UsageError(f"hydra.sweep.dir {path} cannot be used: "
+                             f"{unusable_reason(exc)}") from None
         return cls(path)
 
     def point_dir(self, output_dir: str | Path) -> Path:

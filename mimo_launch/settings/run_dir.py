@@ -52,9 +52,15 @@ def _claim(candidate: Path) -> bool:
         raise RunDirError(f"run directory {candidate} cannot be used: a file of that name "
                           f"exists") from None
     except OSError as exc:
-        reason = {errno.ENOTDIR: "a part of the path is a file",
-                  errno.EROFS: "the file system is read-only"}.get(exc.errno, exc.strerror)
-        raise RunDirError(f"run directory {candidate} cannot be used: {reason}") from None
+        raise RunDirError(f"run directory {candidate} cannot be used: "
+                          f"{unusable_reason(exc)}") from None
     with os.fdopen(fd, "w") as marker:
         marker.write(f"pid {os.getpid()}\n")
     return True
+
+
+def unusable_reason(exc: OSError) -> str:
+    """Why a directory could not be made or written, in words: a part of the path is a file,
+    a read-only file system, else the system's own message."""
+    return {errno.ENOTDIR: "a part of the path is a file",
+            errno.EROFS: "the file system is read-only"}.get(exc.errno, exc.strerror)
