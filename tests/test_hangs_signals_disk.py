@@ -130,13 +130,24 @@ with i.one_run():
     with i.held() as again:
         os.kill(os.getpid(), signal.SIGHUP)
     try:
-        with i.stoppable():
-            os.kill(os.getpid(), signal.SIGINT)
-            seen.append("not cut")
+        with i.stoppable():  # shut by the signals held before it: the block never runs
+            seen.append("opened")
     except KeyboardInterrupt as exc:
         seen.append(i.describe(i.signal_of(exc)))
     seen.append([i.describe(s) for s in came])
     seen.append(again is came)
+with i.one_run():
+    with i.held(lasting=True) as came:
+        pass
+    try:
+        with i.stoppable():  # nothing held before: open, and a signal inside cuts it
+            seen.append("opened")
+            os.kill(os.getpid(), signal.SIGINT)
+            seen.append("not cut")
+    except KeyboardInterrupt as exc:
+        seen.append(i.describe(i.signal_of(exc)))
+    os.kill(os.getpid(), signal.SIGHUP)  # after the window: held again
+    seen.append([i.describe(s) for s in came])
 try:
     os.kill(os.getpid(), signal.SIGTERM)  # the run is over: signals raise again
     seen.append("held after the run")
@@ -153,8 +164,33 @@ def test_a_signal_between_two_held_blocks_of_a_run_is_held_not_raised():
     out = subprocess.run([sys.executable, "-c", _HOLD_SCRIPT], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.strip() == ("['SIGTERM', 'Ctrl-C', ['SIGTERM', 'SIGHUP', 'Ctrl-C'], True, "
-                                  "'SIGTERM']")
+    assert out.stdout.strip() == ("['SIGTERM', 'SIGTERM', ['SIGTERM', 'SIGHUP'], True, "
+                                  "'opened', 'Ctrl-C', ['Ctrl-C', 'SIGHUP'], 'SIGTERM']")
+
+
+def test_a_signal_held_just_before_the_stoppable_window_shuts_it():
+    """The kind behind a Slurm run that wrote every file after a SIGTERM that came just after
+    its verdict: a caller checked for held signals, then opened the window, and a signal that
+    fell between the two was held without cutting anything. `stoppable()` itself must refuse
+    to open once a signal is held, whatever the caller checked before."""
+    script = """
+import os, signal
+from mimo_launch.app import interrupts as i
+i.install()
+with i.one_run():
+    with i.held(lasting=True) as came:
+        pass
+    assert not came  # what a caller's check would have seen
+    os.kill(os.getpid(), signal.SIGTERM)  # lands after that check, before the window
+    try:
+        with i.stoppable():
+            print("opened")
+    except KeyboardInterrupt as exc:
+        print("shut by", i.describe(i.signal_of(exc)))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert (out.returncode, out.stdout) == (0, "shut by SIGTERM\n"), out.stdout + out.stderr
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ Inside `one_run()`, the launcher's frame around one run (local or Slurm), a `hel
 block, the one that starts when the ranks or the job have ended, holds for the rest of the run:
 from there on the verdict stands, and no signal may land between two blocks;
 `held_in_last_run()` tells a sweep which came, so that it stops before its next point.
-`stoppable()` opens the one window a held signal may cut (report.md and the rank map, after the
-verdict).
+`stoppable()` opens the one window a signal may cut (report.md and the rank map, after the
+verdict); one held before it shuts the window at once.
 """
 
 from __future__ import annotations
@@ -141,10 +141,15 @@ def held_in_last_run() -> list[int]:
 
 @contextmanager
 def stoppable() -> Iterator[None]:
-    """Inside a hold: the first signal arriving in this block raises (KeyboardInterrupt), so
-    that slow work after the verdict can be cut; one held back before the block does not."""
+    """Inside a hold: the window where a signal cuts the block (KeyboardInterrupt), so that
+    slow work after the verdict can be stopped. A signal the hold recorded before the window
+    opened shuts it: the block does not run, its interrupt raises at once. The window opens
+    before that check, so that no signal can fall between the check and the opening."""
     _State.stoppable = True
     try:
+        if _State.came:  # recorded before the window opened
+            _State.stoppable = False
+            raise interrupt_for(_State.came[0])
         yield
     finally:
         _State.stoppable = False

@@ -151,10 +151,9 @@ def files_after_verdict(settings: LaunchSettings, report: Report, came: list[int
 
     paths: list[Path] = []
     try:
-        if not came:
-            with stoppable():
-                time.sleep(settings.fault.artifacts_delay_s)  # a rehearsal's window; 0 normally
-                write_artifacts(settings, report, plan, written=paths)
+        with stoppable():  # shut at once by a signal that came before
+            time.sleep(settings.fault.artifacts_delay_s)  # a rehearsal's window; 0 normally
+            write_artifacts(settings, report, plan, written=paths)
     except KeyboardInterrupt as exc:
         if signal_of(exc) not in came:
             came.append(signal_of(exc))
