@@ -1,9 +1,7 @@
 """The `mimo-launch` command: validate, launch, print the report, exit with its code.
 
-Exit codes: 0 verification passed; 1 a mismatch; 2 bad input (nothing was started);
-3 a failure while running (a rank died or hung, a job failed); 4 a communication-health
-problem (check=health); 5 a Slurm job still pending after cluster.pending_timeout_min
-(cancelled); 130/143/129 interrupted by SIGINT (Ctrl-C)/SIGTERM/SIGHUP (`interrupts.py`).
+Exit codes: `errors.py` (0 passed, 1 mismatch, 2 bad input, 3 a failure while running, 4 a
+health problem, 5 never started on Slurm, 128 + the signal when interrupted).
 A sweep (`-m`) exits with its worst point's code (`sweep.py`). The command line is Hydra's
 (`hydra_app.py`), but for `mimo-launch collect RUN_DIR`.
 """
@@ -13,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-EXIT_USAGE = 2
+from .errors import EXIT_BROKEN_PIPE, EXIT_USAGE
 
 
 def _error(message: str) -> int:
@@ -58,7 +56,7 @@ def entry() -> None:
         code = exit_code(signum)
     except BrokenPipeError:  # e.g. `mimo-launch mode=plan | head`: stop quietly, as shells do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 141
+        code = EXIT_BROKEN_PIPE
     os._exit(code)
 
 

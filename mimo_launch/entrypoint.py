@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import EXIT_FAILURE
 from .groups.pg_collections import MimoProcessGroups
 from .mimo_config import MimoParallelismConfig
 from .rank.phases import ENTRYPOINT_PHASE, PhaseTracker
 
-EXIT_FAILURE = 3
 _SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 

@@ -31,10 +31,10 @@ import re
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from .rank.task_entry import EXIT_USAGE
+from .errors import EXIT_USAGE
 
 # Rendezvous ports 20000-31999: below Linux's ephemeral range (32768-60999 by default), where any
 # outgoing connection on the node may hold a port for a while.
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks = me.world_size
         if not any(a.startswith("hydra.run.dir=") for a in args):
             args.append(f"hydra.run.dir=outputs/slurm-{me.job_id}")
-    from .app.launch import rank_job
+    from .rank.rank_job import rank_job
     from .rank.task_entry import finish_task, task_settings
 
     found = task_settings("mimo_launch.slurm_task", me is None or me.rank == 0, args, tasks,
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(found, int) or me is None:
         return found if isinstance(found, int) else 0
     settings, device = found
-    job = replace(rank_job(settings), device=device)
+    job = rank_job(settings, device=device)
     return finish_task(me.rank, settings, lambda: run_task(job))
 
 

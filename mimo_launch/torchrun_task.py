@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 
-from .rank.task_entry import EXIT_USAGE
+from .errors import EXIT_USAGE
 
 PROG = "mimo_launch.torchrun_task"
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         args.insert(0, "cluster=torchrun")
     if not any(a.startswith("hydra.run.dir=") for a in args):
         args.append(f"hydra.run.dir=outputs/torchrun-{me.run_id}")
-    from .app.launch import rank_job
+    from .rank.rank_job import rank_job
     from .rank.task_entry import finish_task, rank_log, run_rank_task, task_settings
 
     found = task_settings(PROG, me.rank == 0, args, me.world_size,
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"cluster (use cluster=torchrun, or one with launcher: torchrun)",
                   file=sys.stderr, flush=True)
         return EXIT_USAGE
-    job = replace(rank_job(settings), device=device)
+    job = rank_job(settings, device=device)
 
     def run() -> int:
         with rank_log(settings.run_dir, me.rank):  # as the other launchers' ranks

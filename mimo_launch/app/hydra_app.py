@@ -8,7 +8,7 @@ What this module adds to Hydra's behaviour:
   Hydra numbers ways to fix an override (an ambiguous value), one `mimo-launch: hint:` line
   follows. Hydra's errors reach us as exceptions (HYDRA_FULL_ERROR=1 while Hydra runs, not in
   the ranks); argparse's are read from stderr, which is held until the job starts.
-- A single run is validated and its run directory claimed (`app_config.claim_output`) in
+- A single run is validated and its run directory claimed (`launch.claim_output`) in
   `LaunchCallback.on_run_start`, before Hydra makes its output directory; Hydra is then pointed
   at the claimed directory, so bad input or a dry run leaves no directory behind.
 - A sweep claims `hydra.sweep.dir` (`sweep.Sweep.claim`); each point validates and runs in its
@@ -34,60 +34,23 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from ..app.hydra_job import PROG, AppState, prepare, usage_error, with_hydra
 from ..app.sweep import Point, Sweep, check_subdir
+from ..errors import EXIT_USAGE
 from ..mimo_config import MimoConfigError
 from ..settings.app_config import (
     LaunchSettings,
     UsageError,
-    claim_output,
     conf_dir,
     settings_from_config,
 )
 
-EXIT_USAGE = 2
-PROG = "mimo-launch"
 # Flags whose next argument is their value, not an override.
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                 "--config-dir", "-cd", "--experimental-rerun"}
 _CFG_KINDS = ("job", "hydra", "all")
 # Hydra's message for `--cfg ... -p KEY` where the config has no KEY (it then exits 1).
 _PACKAGE_MISSING = re.compile(r"package '[^']*' not found in config")
-
-
-class _App:
-    """This process's state across Hydra's calls (one command per process)."""
-
-    code: int | None = None
-    settings: LaunchSettings | None = None  # a single run, validated and claimed
-    sweep: Sweep | None = None
-    refused: Exception | None = None  # bad input found by LaunchCallback
-    stderr = None  # the real stderr while Hydra's own output is held
-    held: io.StringIO | None = None
-    full_error: str | None = None  # HYDRA_FULL_ERROR as the user had it
-
-    @classmethod
-    def release_stderr(cls) -> None:
-        """The job starts: what Hydra wrote to stderr so far goes out, and stderr is real."""
-        if cls.held is not None:
-            sys.stderr = cls.stderr
-            sys.stderr.write(cls.held.getvalue())
-            cls.held = None
-
-
-def _error(message: str, hint: str | None = None) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    if hint:
-        print(f"{PROG}: hint: {hint}", file=sys.stderr)
-    return EXIT_USAGE
-
-
-def _prepare(settings: LaunchSettings) -> LaunchSettings:
-    """Check what the launcher needs and claim the run directory (UsageError, ValueError)."""
-    if settings.config.mode == "plan":
-        from ..layout.plan import check_plan_size
-
-        check_plan_size(settings.world_size)
-    return claim_output(settings)
 
 
 def _validated(config: DictConfig, output_dir: str | None = None) -> LaunchSettings:
@@ -123,16 +86,8 @@ def _execute(settings: LaunchSettings) -> int:
         raise
 
 
-def _with_hydra(cfg: DictConfig) -> DictConfig:
-    """A job's config (Hydra passes it without `hydra`) with its `hydra` node back."""
-    full = cfg.copy()
-    with open_dict(full):
-        full.hydra = HydraConfig.get()
-    return full
-
-
 class _Refused(BaseException):
-    """Bad input found inside Hydra (`_App.refused` says what): a BaseException, so that it
+    """Bad input found inside Hydra (`AppState.refused` says what): a BaseException, so that it
     passes Hydra's handlers of a callback's or a job's Exception, which would warn or report
     it and go on."""
 
@@ -145,49 +100,49 @@ class _BrokenPipe(BaseException):
 class LaunchCallback(Callback):
     """Registered in `conf/config.yaml` (`hydra.callbacks`): validation and claims that must
     come before Hydra creates any directory (or writes multirun.yaml). A refusal is kept in
-    `_App.refused` and raised as `_Refused`, which Hydra's callback runner (it turns an
+    `AppState.refused` and raised as `_Refused`, which Hydra's callback runner (it turns an
     Exception into a warning) lets pass; should it not, the task function reports it."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        _App.release_stderr()
+        AppState.release_stderr()
         where = os.getcwd()  # exists: Hydra creates nothing for a refused or claimless run
         try:
             settings = _validated(config)
-            prepared = _prepare(settings)
+            prepared = prepare(settings)
         except (UsageError, MimoConfigError, ValueError) as exc:
-            _App.refused = exc
+            AppState.refused = exc
         else:
-            _App.settings = prepared
+            AppState.settings = prepared
             if prepared is not settings:  # claimed (not a dry run, not a plan without picture)
                 where = str(prepared.run_dir)
         # Hydra makes hydra.run.dir next (run_job): point it at the claimed directory.
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.run.dir = where
-        if _App.refused is not None:
+        if AppState.refused is not None:
             raise _Refused()
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        _App.release_stderr()
+        AppState.release_stderr()
         try:
             check_subdir(str(OmegaConf.to_container(config.hydra.sweep, resolve=False)
                              .get("subdir", "")))
-            _App.sweep = Sweep.claim(config.hydra.sweep.dir)
+            AppState.sweep = Sweep.claim(config.hydra.sweep.dir)
             if str(config.hydra.launcher.get("_target_", "")).startswith("hydra_plugins."):
                 from .submitit_sweep import check_plugin, point_to
 
                 check_plugin(config)  # submitit_slurm: each point one Slurm job
-                point_to(config, _App.sweep.sweep_dir)
+                point_to(config, AppState.sweep.sweep_dir)
         except UsageError as exc:
-            _App.refused = exc
+            AppState.refused = exc
             raise _Refused() from None
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def task(cfg: DictConfig) -> int:
     """Hydra's task function: one run, or one point of a sweep. Returns its exit code (also
-    kept in `_App.code`, as hydra.main returns nothing)."""
-    _App.release_stderr()
-    if _App.full_error is None:  # the ranks and the user's entry point do not inherit it
+    kept in `AppState.code`, as hydra.main returns nothing)."""
+    AppState.release_stderr()
+    if AppState.full_error is None:  # the ranks and the user's entry point do not inherit it
         os.environ.pop("HYDRA_FULL_ERROR", None)
     try:
         from hydra.types import RunMode
@@ -197,27 +152,28 @@ def task(cfg: DictConfig) -> int:
 
             if in_plugin_task():  # a Slurm task of a point's job: one rank
                 return run_point(cfg)
-            if _App.refused is not None:
+            if AppState.refused is not None:
                 raise _Refused()
-            _App.code = _sweep_point(cfg)
-        elif _App.refused is not None:
-            _App.code = _error(str(_App.refused), getattr(_App.refused, "hint", None))
+            AppState.code = _sweep_point(cfg)
+        elif AppState.refused is not None:
+            refused = AppState.refused
+            AppState.code = usage_error(str(refused), getattr(refused, "hint", None))
         else:
-            _App.code = _execute(_App.settings or _single(cfg))
+            AppState.code = _execute(AppState.settings or _single(cfg))
     except BrokenPipeError:
         raise _BrokenPipe() from None
     finally:
         os.environ["HYDRA_FULL_ERROR"] = "1"
-    return _App.code
+    return AppState.code
 
 
 def _single(cfg: DictConfig) -> LaunchSettings:
     """A single run's settings where no LaunchCallback ran (another primary config): validated
     in Hydra's run directory, which Hydra has already made."""
     try:
-        return _prepare(_validated(_with_hydra(cfg), HydraConfig.get().runtime.output_dir))
+        return prepare(_validated(with_hydra(cfg), HydraConfig.get().runtime.output_dir))
     except (UsageError, MimoConfigError, ValueError) as exc:
-        _App.refused = exc
+        AppState.refused = exc
         raise _Refused() from None
 
 
@@ -237,22 +193,22 @@ def _sweep_point(cfg: DictConfig) -> int:
     from ..app.interrupts import exit_code, held, held_in_last_run, interrupt_for, signal_of
 
     hc = HydraConfig.get()
-    if _App.sweep is None:  # a primary config without LaunchCallback
+    if AppState.sweep is None:  # a primary config without LaunchCallback
         try:
-            _App.sweep = Sweep.claim(hc.sweep.dir)
+            AppState.sweep = Sweep.claim(hc.sweep.dir)
         except UsageError as exc:
-            _App.refused = exc
+            AppState.refused = exc
             raise _Refused() from None
     point = Point(int(hc.job.num), [str(o) for o in hc.overrides.task], hc.runtime.output_dir)
     print(f"{PROG}: sweep point #{point.num}: {' '.join(point.overrides) or '(defaults)'}",
           flush=True)
     start, error, unverified = time.monotonic(), None, None
     try:
-        _App.sweep.point_dir(hc.runtime.output_dir)
-        settings = _prepare(_validated(_with_hydra(cfg), hc.runtime.output_dir))
+        AppState.sweep.point_dir(hc.runtime.output_dir)
+        settings = prepare(_validated(with_hydra(cfg), hc.runtime.output_dir))
     except (UsageError, MimoConfigError, ValueError) as exc:
         error = str(exc)
-        code = _error(error, getattr(exc, "hint", None))
+        code = usage_error(error, getattr(exc, "hint", None))
     else:
         point.run_dir = str(settings.run_dir)
         unverified = _unverified(settings)
@@ -261,7 +217,7 @@ def _sweep_point(cfg: DictConfig) -> int:
         except KeyboardInterrupt as exc:  # before the ranks' own handling: the point counts
             code = exit_code(signal_of(exc))
     with held() as came:  # the point is recorded whole
-        _App.sweep.record(point, code, time.monotonic() - start, error, unverified)
+        AppState.sweep.record(point, code, time.monotonic() - start, error, unverified)
     came = held_in_last_run() + came  # held after the verdict: it stood, the sweep stops
     signum = came[0] if came else code - 128 if code > 128 else None
     if signum is not None:  # interrupted: stop the sweep here
@@ -307,65 +263,65 @@ def run(args: list[str]) -> int:
 
     args = _compat(args)
     saved_argv = sys.argv
-    _App.code, _App.settings, _App.sweep, _App.refused = None, None, None, None
-    _App.full_error = os.environ.get("HYDRA_FULL_ERROR")
-    _App.stderr, _App.held = sys.stderr, io.StringIO()
+    AppState.code, AppState.settings, AppState.sweep, AppState.refused = None, None, None, None
+    AppState.full_error = os.environ.get("HYDRA_FULL_ERROR")
+    AppState.stderr, AppState.held = sys.stderr, io.StringIO()
     sys.argv = [PROG, *args]
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.stderr = _App.held
+    sys.stderr = AppState.held
     interrupted = None
     try:
         task()
-        code = 0 if _App.code is None else _App.code
+        code = 0 if AppState.code is None else AppState.code
     except SystemExit as exc:  # argparse's errors (2), --help and the like (0)
-        held = _App.held.getvalue() if _App.held is not None else ""
-        _App.held = io.StringIO()  # what argparse wrote is replaced by one line
-        _App.release_stderr()
+        held = AppState.held.getvalue() if AppState.held is not None else ""
+        AppState.held = io.StringIO()  # what argparse wrote is replaced by one line
+        AppState.release_stderr()
         message = _argparse_error(held) if exc.code == 2 else None
         package = _PACKAGE_MISSING.search(held) if exc.code == 1 else None
         if message is not None:
-            code = _error(f"{message} (overrides look like key=value; see --help)")
+            code = usage_error(f"{message} (overrides look like key=value; see --help)")
         elif package is not None:  # --cfg ... -p KEY: Hydra's own line and exit 1
-            code = _error(f"{package.group(0)} (-p/--package takes a dotted key of the "
+            code = usage_error(f"{package.group(0)} (-p/--package takes a dotted key of the "
                           f"config, e.g. mimo.modules)")
         else:
             sys.stderr.write(held)
             code = exc.code if isinstance(exc.code, int) else 1
     except (HydraException, OmegaConfBaseException) as exc:
-        from ..app.hydra_errors import describe
+        from ..settings.hydra_errors import describe
 
-        _App.release_stderr()
-        code = _error(*describe(exc, _overrides(args)))
+        AppState.release_stderr()
+        code = usage_error(*describe(exc, _overrides(args)))
     except (UsageError, MimoConfigError, ValueError) as exc:
-        _App.release_stderr()
-        code = _error(str(exc).splitlines()[0], getattr(exc, "hint", None))
+        AppState.release_stderr()
+        code = usage_error(str(exc).splitlines()[0], getattr(exc, "hint", None))
     except _BrokenPipe:
         raise BrokenPipeError() from None
     except _Refused:
-        code = _error(str(_App.refused), getattr(_App.refused, "hint", None))
+        code = usage_error(str(AppState.refused), getattr(AppState.refused, "hint", None))
     except KeyboardInterrupt as exc:
-        _App.release_stderr()
-        if _App.settings is not None:  # a single run's directory is claimed: report.json
+        AppState.release_stderr()
+        if AppState.settings is not None:  # a single run's directory is claimed: report.json
             from ..app.interrupts import held as hold
             from ..reports.artifacts import report_interrupted
 
             with hold():
-                report_interrupted(_App.settings, signal_of(exc))
-        if _App.sweep is None or not _App.sweep.points:  # nothing to summarise
-            if _App.sweep is not None:
-                _App.sweep.release_if_empty()
+                report_interrupted(AppState.settings, signal_of(exc))
+        if AppState.sweep is None or not AppState.sweep.points:  # nothing to summarise
+            if AppState.sweep is not None:
+                AppState.sweep.release_if_empty()
             raise
         interrupted = exit_code(signal_of(exc))
         code = interrupted
     finally:
-        _App.release_stderr()
+        AppState.release_stderr()
         sys.argv = saved_argv
-        if _App.full_error is None:
+        if AppState.full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
-            os.environ["HYDRA_FULL_ERROR"] = _App.full_error
-    if _App.sweep is not None:
-        code = _finish_sweep(_App.sweep, code, interrupted)
+            os.environ["HYDRA_FULL_ERROR"] = AppState.full_error
+    if AppState.sweep is not None:
+        code = _finish_sweep(AppState.sweep, code, interrupted)
     return code
 
 

@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
-from ..rank.rank_runner import RankJob
-from ..settings.app_config import LaunchSettings, UsageError
-
-
-def rank_job(settings: LaunchSettings) -> RankJob:
-    return RankJob(layout=settings.layout, world_size=settings.world_size,
-                   run_dir=str(settings.run_dir), timeout_s=settings.timeout_s,
-                   device=settings.device, expected=settings.expected,
-                   fault=settings.fault, entrypoint=settings.entrypoint,
-                   entrypoint_dir=settings.entrypoint_dir,
-                   entrypoint_timeout_s=settings.entrypoint_timeout_s,
-                   health=settings.health,
-                   verify_against=settings.config.get("verify_against") or None)
+from ..errors import EXIT_USAGE
+from ..rank.rank_job import rank_job
+from ..settings.app_config import LaunchSettings, UsageError, check_health_memory
 
 
 def check_local_allocation(settings: LaunchSettings) -> None:
@@ -40,20 +31,37 @@ def check_local_allocation(settings: LaunchSettings) -> None:
                              f"this machine has {gpus}")
 
 
-def check_health_memory(settings: LaunchSettings, ranks: int) -> None:
-    """check=health on CPU: the buffers of `ranks` ranks on this machine must fit its memory
-    (`health_config.check_memory`); UsageError (one line) otherwise."""
-    from ..settings.health_config import check_memory
+def claim_output(settings: LaunchSettings) -> LaunchSettings:
+    """Before anything starts: check that the launcher can run the layout (the local
+    machine's or the Slurm allocation; UsageError), then claim the run directory
+    (`run_dir.claim_run_dir`: `hydra.run.dir`, or `-2`, `-3`... if an earlier run holds it;
+    RunDirError if it cannot be written). A Slurm dry run and a plan without its picture
+    write nothing and claim nothing. Returns the settings with the claimed `run_dir`."""
+    from ..settings.run_dir import claim_run_dir
 
-    try:
-        check_memory(settings.health, "nccl" if settings.device == "cuda" else "gloo", ranks)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    config = settings.config
+    if config.mode == "run":
+        if config.cluster.get("launcher") == "torchrun":
+            raise UsageError("cluster=torchrun: torchrun starts the ranks; run `torchrun "
+                             "--nnodes=N --nproc-per-node=M ... -m mimo_launch.torchrun_task "
+                             "[OVERRIDE ...]` on every node (README: torchrun)")
+        if config.cluster.get("launcher") == "slurm":
+            from ..launchers.slurm_submit import allocation, check_paths
+
+            allocation(settings)
+            check_paths(settings)
+            if config.get("dry_run"):
+                return settings
+        else:
+            check_local_allocation(settings)
+    elif not settings.plan.picture:
+        return settings
+    return replace(settings, run_dir=claim_run_dir(settings.run_dir))
 
 
 def launch(settings: LaunchSettings) -> int:
     """Run the job where `cluster.launcher` says; return the process exit code. `settings`
-    come from `app_config.claim_output` (allocation checked, run directory claimed)."""
+    come from `claim_output` (allocation checked, run directory claimed)."""
     launcher = settings.cluster.get("launcher")
     if launcher == "slurm":
         from ..app.interrupts import deferred, held, one_run
@@ -69,7 +77,7 @@ def launch(settings: LaunchSettings) -> int:
         return code
     if launcher != "local":
         print(f"mimo-launch: error: unknown cluster.launcher {launcher!r}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     from ..app.interrupts import deferred
 
     with deferred():  # native imports: a signal there would abort (interrupts.deferred)

@@ -6,7 +6,7 @@ another launcher plugin and a cluster config that is not Slurm's, then `point_to
 `PointsLauncher`, a subclass of the plugin's launcher, in its place (it lives in
 `hydra_plugins/mimo_launch_submitit`: Hydra takes launchers from that package only). Its
 `launch` (`launch_points`), for each point in turn:
-- composes the point and validates it like a single run (`hydra_app._prepare`: the allocation
+- composes the point and validates it like a single run (`hydra_job.prepare`: the allocation
   fits the layout, Slurm-safe paths, the point's directory claimed); bad input (also
   `hydra.launcher.*` values that disagree with the layout or the cluster config, e.g. a task
   count other than the world size) is that point's exit 2, one line, and nothing is submitted;
@@ -29,17 +29,16 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict, read_write
 
+from ..errors import EXIT_FAILURE
 from ..mimo_config import MimoConfigError
 from ..settings.app_config import UsageError, settings_from_config
 
 PLUGIN_TARGET = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 OUR_TARGET = "hydra_plugins.mimo_launch_submitit.PointsLauncher"
-EXIT_FAILURE = 3
 # hydra.launcher.* keys set from the layout and cluster config: the cluster key that sets each.
 MANAGED = {"nodes": "nodes", "tasks_per_node": "tasks_per_node",
            "gpus_per_node": "gpus_per_node", "timeout_min": "time_min",
@@ -145,7 +144,7 @@ def launch_points(launcher, job_overrides, initial_job_idx: int, plugin_launch) 
 
 
 def _point(launcher, num: int, overrides: list[str], given: dict, plugin_launch) -> int:
-    from ..app.hydra_app import PROG, _App, _error, _prepare
+    from ..app.hydra_job import PROG, AppState, prepare, usage_error
     from ..app.sweep import Point
 
     start, error = time.monotonic(), None
@@ -162,16 +161,16 @@ def _point(launcher, num: int, overrides: list[str], given: dict, plugin_launch)
             raise UsageError("hydra/launcher=submitit_slurm submits and follows each point: "
                              "mode=plan, dry_run=true and wait=false are for runs without it")
         launcher.params = launcher_params(settings, given)
-        settings = _prepare(settings)
+        settings = prepare(settings)
         if settings.run_dir != out:
             raise UsageError(f"{out} holds an earlier run: give another hydra.sweep.dir")
     except (UsageError, MimoConfigError, ValueError) as exc:
         error = str(exc).splitlines()[0]
-        code = _error(error, getattr(exc, "hint", None))
+        code = usage_error(error, getattr(exc, "hint", None))
     else:
         point.run_dir = str(settings.run_dir)
         code = _submit(launcher, overrides, num, settings, plugin_launch)
-    _App.sweep.record(point, code, time.monotonic() - start, error)
+    AppState.sweep.record(point, code, time.monotonic() - start, error)
     return code
 
 
@@ -223,14 +222,14 @@ def run_point(cfg: DictConfig) -> int:
     tasks do; rank 0 returns the run's exit code, the others 0 (3 on a failure)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from ..app.hydra_app import _with_hydra
-    from ..app.launch import rank_job
+    from ..app.hydra_job import with_hydra
     from ..launchers.slurm_submit import allocation
+    from ..rank.rank_job import rank_job
     from ..rank.task_entry import finish_task
     from ..slurm_task import run_task, slurm_rank
 
-    settings = settings_from_config(_with_hydra(cfg), HydraConfig.get().runtime.output_dir)
-    job = replace(rank_job(settings), device=allocation(settings).device)
+    settings = settings_from_config(with_hydra(cfg), HydraConfig.get().runtime.output_dir)
+    job = rank_job(settings, device=allocation(settings).device)
     return finish_task(slurm_rank().rank, settings, lambda: run_task(job))
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch.distributed as dist
 
 from ..app.interrupts import deferred, describe, held, reset_in_child, signal_of
+from ..errors import EXIT_FAILURE, EXIT_TEARDOWN_OVERDUE
 from ..launchers.diagnosis import Diagnosis, RankExit, diagnose, tail
 from ..rank.phases import (
-    EXIT_TEARDOWN_OVERDUE,
     TEARDOWN_PHASE,
     arrivals,
     rank_phase,
@@ -35,7 +35,6 @@ from ..rank.phases import (
 from ..rank.rank_runner import RankJob, run_rank
 from ..reports.report import Report, module_summary, read_report, record_failure, write_report
 
-EXIT_FAILURE = 3
 _POLL_S = 0.05
 # Once a rank has failed (exit 3), the others still running are stopped when no other rank has
 # failed for this long: ranks that timed out waiting for a hung one (about together) record

@@ -20,20 +20,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from ..app.interrupts import describe, exit_code, held, one_run
-from ..app.launch import rank_job
 from ..compat import sbatch_script
+from ..errors import EXIT_NEVER_STARTED, EXIT_USAGE
 from ..launchers.slurm_report import JobFiles, conclude
 from ..launchers.slurm_submit import allocation, make_executor
 from ..launchers.slurm_watch import follow
+from ..rank.rank_job import rank_job
 from ..reports.report import REPORT_NAME, format_summary, read_report
 from ..settings.app_config import LaunchSettings, UsageError
 
-EXIT_USAGE = 2
-EXIT_NEVER_STARTED = 5
 JOB_RECORD = "job.json"  # in the run directory: what `mimo-launch collect` needs
 
 
@@ -45,7 +43,7 @@ def launch_slurm(settings: LaunchSettings) -> int:
     except UsageError as exc:
         print(f"mimo-launch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    job = replace(rank_job(settings), device=alloc.device)
+    job = rank_job(settings, device=alloc.device)
     if settings.config.get("dry_run"):
         print(sbatch_script(executor), end="")
         return 0
@@ -122,7 +120,7 @@ def collect(run_dir: str) -> int:
             if isinstance(exc, OSError) else str(exc).splitlines()[0]
         print(f"mimo-launch: error: cannot collect {path}: {reason}", file=sys.stderr)
         return EXIT_USAGE
-    job = replace(rank_job(settings), device=record["device"])
+    job = rank_job(settings, device=record["device"])
     job_id = str(record["job_id"])
     print(f"mimo-launch: collecting job {job_id}; output in {path}", flush=True)
     with one_run():  # from the job's end on, signals are held: the verdict stands

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
+from ..errors import EXIT_TEARDOWN_OVERDUE
 from ..layout.rank_text import format_rank_set
 
 PHASES = ("init", "grids", "embedding", "verify")  # the builder's phases, every run
@@ -33,7 +34,6 @@ ALL_PHASES = PHASES + (HEALTH_PHASE, ENTRYPOINT_PHASE)
 # itself when still in it `timeout_s` after it entered (`TeardownWatchdog`, exit
 # EXIT_TEARDOWN_OVERDUE), and the local launcher stops such a rank too.
 TEARDOWN_PHASE = "teardown"
-EXIT_TEARDOWN_OVERDUE = 124  # a rank's exit code when its teardown overran (as timeout(1))
 # After the watchdog's own deadline: SIGALRM (default action: the process ends) for a rank
 # whose watchdog thread cannot run (a hang in C++ holding the GIL).
 _ALARM_GRACE_S = 5

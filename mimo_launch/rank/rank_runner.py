@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,60 +17,23 @@ import torch.distributed as dist
 from ..checks.health_stage import run_health_stage
 from ..checks.verify import verify
 from ..entrypoint import EntrypointContext, resolve_entrypoint, run_entrypoint
+from ..errors import EXIT_MISMATCH, EXIT_PASSED
 from ..groups.pg_collections import process_group_collection_class, process_group_collections
 from ..layout.layout_oracle import expected_layout
 from ..mimo_builder import build_mimo_groups
-from ..mimo_config import MimoParallelismConfig
 from ..rank.phases import (
     ENTRYPOINT_PHASE,
     HEALTH_PHASE,
     TEARDOWN_PHASE,
-    FaultSpec,
     PhaseTracker,
     teardown_failure,
 )
+from ..rank.rank_job import RankJob
 from ..reports.report import Report, module_summary, read_report, record_failure, write_report
-from ..settings.health_config import HealthSettings
 
 # Rank 0 waits for the other ranks' teardown this much longer than their own bound
 # (`timeout_s`, then SIGALRM 1 + 5 s later: phases.TeardownWatchdog), so they end themselves first.
 TEARDOWN_WAIT_EXTRA_S = 8.0
-
-
-@dataclass
-class RankJob:
-    """Everything a rank needs to run; picklable, so Slurm tasks receive it as is.
-
-    `expected` verifies against another layout than the one built (to show the verifier fails),
-    the preset `verify_against` (recorded in the report);
-    `fault` makes one rank die or hang in one phase (rehearsals and tests); `entrypoint`
-    ('pkg.module:function', resolved from `entrypoint_dir` first) runs after a passing
-    verification, each rank's call bounded by `entrypoint_timeout_s`; `health` (check=health)
-    runs the health stage after a passing verification, before the entry point.
-    """
-
-    layout: MimoParallelismConfig
-    world_size: int
-    run_dir: str
-    timeout_s: float = 60.0
-    device: str = "cpu"  # 'cpu' (gloo) or 'cuda' (nccl, one GPU per rank)
-    expected: MimoParallelismConfig | None = None
-    fault: FaultSpec = field(default_factory=FaultSpec)
-    entrypoint: str | None = None
-    entrypoint_dir: str | None = None
-    entrypoint_timeout_s: float = 600.0
-    health: HealthSettings | None = None
-    verify_against: str | None = None  # the preset `expected` comes from, for the report
-
-    @property
-    def stages_bound_s(self) -> float:
-        """Seconds the stages after verification may take: entry point and health stage."""
-        return ((self.entrypoint_timeout_s if self.entrypoint else 0.0)
-                + (self.health.bound_s() + self.timeout_s if self.health else 0.0))
-
-    @property
-    def backend(self) -> str:
-        return "nccl" if self.device == "cuda" else "gloo"
 
 
 def node_name() -> str:
@@ -116,7 +78,7 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
     (rank 0 also writes a failed report.json). Rank 0 writes report.json into `job.run_dir`.
     `on_phase(name)` is called as the rank enters each phase (`PhaseTracker`). A teardown
     still running `job.timeout_s` seconds after it began ends the process with
-    `phases.EXIT_TEARDOWN_OVERDUE`, after `on_teardown_overdue()` (`TeardownWatchdog`).
+    `errors.EXIT_TEARDOWN_OVERDUE`, after `on_teardown_overdue()` (`TeardownWatchdog`).
     """
     torch.set_num_threads(1)
     tracker = PhaseTracker(store, rank, job.world_size, job.timeout_s, job.fault,
@@ -185,7 +147,7 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
             write_report(Path(job.run_dir), record_failure(
                 report, teardown_failure(stragglers, job.timeout_s), TEARDOWN_PHASE,
                 stragglers))
-    return 0 if verdict.passed else 1
+    return EXIT_PASSED if verdict.passed else EXIT_MISMATCH
 
 
 def _write_failure(job: RankJob, tracker: PhaseTracker, layout, exc: BaseException) -> None:

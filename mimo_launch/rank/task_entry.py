@@ -21,8 +21,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-EXIT_USAGE = 2
-EXIT_FAILURE = 3
+from ..errors import EXIT_FAILURE, EXIT_USAGE
 
 
 def gpu_index(local_rank: int) -> int:
@@ -70,7 +69,7 @@ def task_settings(prog: str, is_rank0: bool, overrides: list[str], tasks, starte
         settings = load_settings(overrides)
         device = task_device(settings.device)
         if ranks_on_node:
-            from ..app.launch import check_health_memory
+            from ..settings.app_config import check_health_memory
 
             check_health_memory(replace(settings, device=device), ranks_on_node)
     except (UsageError, MimoConfigError, ValueError) as exc:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..app.interrupts import exit_code
 from ..checks.health_report import health_lines
+from ..errors import EXIT_FAILURE, EXIT_HEALTH, EXIT_MISMATCH, EXIT_PASSED
 from ..mimo_config import MimoParallelismConfig
 from ..rank.phases import ENTRYPOINT_PHASE, HEALTH_PHASE, TEARDOWN_PHASE
 from ..reports.atomic_file import write_text_atomic
@@ -58,10 +59,10 @@ class Report:
         if self.interrupted:
             return exit_code(signal.Signals[self.interrupted_by or "SIGINT"])
         if self.failure or self.awaiting_entrypoint:
-            return 3
+            return EXIT_FAILURE
         if self.passed and self.health_problem:
-            return 4
-        return 0 if self.passed else 1
+            return EXIT_HEALTH
+        return EXIT_PASSED if self.passed else EXIT_MISMATCH
 
     @property
     def health_problem(self) -> bool:

@@ -10,42 +10,23 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..app.hydra_errors import describe
+from ..errors import HintedUsageError, UsageError
 from ..mimo_config import SHORT_KEYS, MimoConfigError, MimoParallelismConfig, short_layout
 from ..rank.phases import ENTRYPOINT_PHASE, HEALTH_PHASE, FaultSpec
+from ..settings.conf_files import conf_dir
 from ..settings.config_keys import check_keys
 from ..settings.config_schema import SchemaError, check_cluster, strict_bool
 from ..settings.health_config import KNOWN_KEYS as HEALTH_KEYS
 from ..settings.health_config import HealthSettings, health_settings
+from ..settings.hydra_errors import describe
 
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("run", "plan")  # plan: print the layout and draw it; start nothing
-
-
-class UsageError(ValueError):
-    """Bad input that is not a layout rule (unknown key, bad override, missing GPU...)."""
-
-
-def conf_dir() -> Path:
-    """The Hydra config directory: inside the installed package, or `conf/` of a checkout."""
-    pkg = Path(__file__).resolve().parent.parent  # mimo_launch/, beside settings/
-    for candidate in (pkg / "conf", pkg.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise UsageError(f"no Hydra configs found beside {pkg}")
-
-
-class HintedUsageError(UsageError):
-    """A UsageError with one line of advice to print after it (Hydra's own fix hints)."""
-
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.hint = hint
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -323,35 +304,16 @@ def settings_from_config(composed: DictConfig, run_dir: str | Path | None = None
                           fault, plan, entrypoint, entrypoint_dir, entrypoint_timeout_s, health)
 
 
-def claim_output(settings: LaunchSettings) -> LaunchSettings:
-    """Before anything starts: check that the launcher can run the layout (the local
-    machine's or the Slurm allocation; UsageError), then claim the run directory
-    (`run_dir.claim_run_dir`: `hydra.run.dir`, or `-2`, `-3`... if an earlier run holds it;
-    RunDirError if it cannot be written). A Slurm dry run and a plan without its picture
-    write nothing and claim nothing. Returns the settings with the claimed `run_dir`."""
-    from ..settings.run_dir import claim_run_dir
+def check_health_memory(settings: LaunchSettings, ranks: int) -> None:
+    """check=health on CPU: the buffers of `ranks` ranks on this machine must fit its memory
+    (`health_config.check_memory`); UsageError (one line) otherwise."""
+    from ..settings.health_config import check_memory
 
-    config = settings.config
-    if config.mode == "run":
-        if config.cluster.get("launcher") == "torchrun":
-            raise UsageError("cluster=torchrun: torchrun starts the ranks; run `torchrun "
-                             "--nnodes=N --nproc-per-node=M ... -m mimo_launch.torchrun_task "
-                             "[OVERRIDE ...]` on every node (README: torchrun)")
-        if config.cluster.get("launcher") == "slurm":
-            from ..launchers.slurm_submit import allocation, check_paths
-
-            allocation(settings)
-            check_paths(settings)
-            if config.get("dry_run"):
-                return settings
-        else:
-            from ..app.launch import check_local_allocation
-
-            check_local_allocation(settings)
-    elif not settings.plan.picture:
-        return settings
-    return replace(settings, run_dir=claim_run_dir(settings.run_dir))
+    try:
+        check_memory(settings.health, "nccl" if settings.device == "cuda" else "gloo", ranks)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
-__all__ = ["HintedUsageError", "LaunchSettings", "MimoConfigError", "UsageError", "load_settings",
-           "settings_from_config"]
+__all__ = ["HintedUsageError", "LaunchSettings", "MimoConfigError", "UsageError",
+           "check_health_memory", "conf_dir", "load_settings", "settings_from_config"]

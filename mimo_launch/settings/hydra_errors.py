@@ -42,7 +42,7 @@ def _module_names(overrides: list[str]) -> list[str] | None:
     preset), read from its preset file; None if that cannot be known."""
     from omegaconf import OmegaConf
 
-    from ..settings.app_config import conf_dir
+    from ..settings.conf_files import conf_dir
 
     names = [o.split("=", 1)[1] for o in overrides if o.startswith("mimo=")]
     preset = names[-1] if names else None

@@ -1,0 +1,34 @@
+"""Exit codes, defined once, and the error that carries one (no imports: every layer uses it).
+
+The command's exit codes (`cli.py`): 0 verification passed; 1 a mismatch; 2 bad input, nothing
+started (`UsageError`); 3 a failure while running (a rank died, hung or raised, a job failed);
+4 a communication-health problem (check=health with health.fail); 5 a Slurm job still pending
+after cluster.pending_timeout_min (cancelled); 128 + the signal when interrupted
+(`interrupts.exit_code`: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP); 141 stdout closed early.
+A rank's own exit code is one of 0-3, or 124 when its teardown overran (`phases.TeardownWatchdog`,
+as timeout(1) reports it).
+"""
+
+EXIT_PASSED = 0
+EXIT_MISMATCH = 1
+EXIT_USAGE = 2
+EXIT_FAILURE = 3
+EXIT_HEALTH = 4
+EXIT_NEVER_STARTED = 5
+EXIT_TEARDOWN_OVERDUE = 124
+EXIT_BROKEN_PIPE = 141
+
+
+class UsageError(ValueError):
+    """Bad input that is not a layout rule (unknown key, bad override, missing GPU...): one
+    line for the user, exit `exit_code` (2); nothing has started."""
+
+    exit_code = EXIT_USAGE
+
+
+class HintedUsageError(UsageError):
+    """A UsageError with one line of advice to print after it (Hydra's own fix hints)."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
