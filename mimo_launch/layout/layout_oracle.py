@@ -48,9 +48,6 @@ class ModuleLayout:
         row = int(self.group_index[kind][rank])
         return None if row < 0 else self.groups[kind][row].tolist()
 
-    def contains(self, rank: int) -> bool:
-        return self.rank_offset <= rank < self.rank_offset + self.size
-
 
 @dataclass
 class ExpectedLayout:

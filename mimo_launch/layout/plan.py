@@ -84,11 +84,6 @@ class Plan:
     def nodes(self) -> int:
         return -(-self.world_size // self.ranks_per_node)
 
-    @property
-    def colocated(self) -> bool:
-        """True when every module occupies the same ranks (`MimoParallelismConfig.colocated`)."""
-        return self.config.colocated
-
     def node_of(self, rank: int) -> int:
         return rank // self.ranks_per_node
 
@@ -147,14 +142,14 @@ def _node_span(plan: Plan, mod: ModulePlan) -> str:
     text = f"node {first}" if count == 1 else f"nodes {first}-{last} ({count})"
     g = plan.ranks_per_node
     if mod.first_rank % g or (mod.end_rank % g and mod.end_rank != plan.world_size):
-        text += ", shares a node with another module" if not plan.colocated else ""
+        text += ", shares a node with another module" if not plan.config.colocated else ""
     return text
 
 
 def format_plan(plan: Plan, ranks: list[int] = ()) -> str:
     """The plan as text: a header, a block per module, then each asked-for rank's groups."""
     g = plan.ranks_per_node
-    kind = "colocated modules" if plan.colocated else "modules"
+    kind = "colocated modules" if plan.config.colocated else "modules"
     lines = [f"mimo-launch plan: world size {plan.world_size}, {plan.nodes} node(s) x {g} "
              f"GPUs, {len(plan.modules)} {kind} (nothing started)"]
     for mod in plan.modules.values():

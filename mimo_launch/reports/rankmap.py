@@ -62,7 +62,7 @@ def module_colours(plan: Plan) -> dict[str, str]:
 
 def geometry(plan: Plan, failures: bool = False) -> Geometry:
     """The picture's grid for `plan` (detailed per rank, or aggregated per node)."""
-    bands = len(plan.modules) if plan.colocated else 1
+    bands = len(plan.modules) if plan.config.colocated else 1
     legend_h = _LEGEND_ROW * (len(plan.modules) + 1 + int(failures))
     if plan.world_size <= DETAIL_MAX_RANKS:
         small = plan.world_size <= 64
@@ -207,8 +207,9 @@ def _aggregated(plan: Plan, geo: Geometry, top: float, canvas: _Canvas, colours,
             if n:
                 mine.append(name)
                 shares.append(n / (hi - lo))
-        _cell(canvas, x, y, w, h, [colours[n] for n in mine], plan.colocated, bool(bad[node]),
-              None if plan.colocated else shares)
+        colocated = plan.config.colocated
+        _cell(canvas, x, y, w, h, [colours[n] for n in mine], colocated, bool(bad[node]),
+              None if colocated else shares)
         if bad[node]:
             canvas.text(x + w / 2, y + h * 0.4, f"{bad[node]} bad", ha="center", va="center",
                         fontsize=geo.font)
