@@ -240,6 +240,7 @@ def sbatch_script(executor) -> str:
             pass
     params = dict(getattr(executor, "parameters", {}) or {})
     lines = ["#!/bin/bash", "# submitit's own script text is not available here; its parameters:"]
+    params.update(params.pop("additional_parameters", None) or {})  # as submitit merges them
     for key, value in params.items():
         if key in ("setup", "srun_args") or value is None or value is False:
             continue

@@ -36,6 +36,12 @@ from pathlib import Path
 
 from .errors import EXIT_USAGE
 
+# The signal Slurm sends the tasks before the time limit (sbatch `--signal`,
+# `slurm_submit.warning_params`). submitit asks for USR2, which ends a task that has not yet
+# installed a handler, and Slurm may send it up to 60 s early: with a short limit, at a healthy
+# job's start. SIGURG is ignored by default; `run_task` logs it once its handler is in.
+WARNING_SIGNAL = signal.SIGURG
+
 # Rendezvous ports 20000-31999: below Linux's ephemeral range (32768-60999 by default), where any
 # outgoing connection on the node may hold a port for a while.
 PORT_BASE = 20000
@@ -113,11 +119,13 @@ def run_task(job) -> int:
                            f"{job.world_size}")
     export_env(me)
     log_to_rank_file(Path(job.run_dir), me.rank)
-    # Slurm's time-limit warning (submitit's --signal=USR2@N): submitit's handler ends a task
-    # that cannot checkpoint, which killed healthy short jobs; the limit itself still ends it
-    # (SIGTERM), and timeout_s bounds every phase.
-    signal.signal(signal.SIGUSR2, lambda *_: print(
-        f"rank {me.rank}: Slurm's time-limit warning (SIGUSR2); going on", flush=True))
+    # Slurm's time-limit warning (WARNING_SIGNAL; USR2 where a site sends submitit's own, whose
+    # handler would end a task that cannot checkpoint): logged, no more. The limit itself still
+    # ends the job (SIGTERM), and timeout_s bounds every phase.
+    for warning in (WARNING_SIGNAL, signal.SIGUSR2):
+        signal.signal(warning, lambda signum, _: print(
+            f"rank {me.rank}: Slurm's time-limit warning ({signal.Signals(signum).name}); "
+            f"going on", flush=True))
     return run_rank_task(job, me.rank, me.local_rank, "Slurm",
                          lambda: rendezvous_store(me, job.timeout_s),
                          (me.master_addr, me.master_port))

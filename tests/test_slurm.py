@@ -17,11 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MIMO_LAUNCH, REPO
+from conftest import MIMO_LAUNCH, REPO, run_cli
 from mimo_launch.launchers.slurm_report import task_errors
 from mimo_launch.launchers.slurm_submit import allocation, warning_signal_s
 from mimo_launch.settings.app_config import UsageError, load_settings
-from mimo_launch.slurm_task import SlurmRank, first_node, master_port, rendezvous_store, slurm_rank
+from mimo_launch.slurm_task import (
+    WARNING_SIGNAL,
+    SlurmRank,
+    first_node,
+    master_port,
+    rendezvous_store,
+    slurm_rank,
+)
 
 SBATCH_SCRIPT = REPO / "slurm" / "mimo_launch.sbatch"
 
@@ -45,6 +52,24 @@ def test_slurm_variables_decide_the_rendezvous_not_an_inherited_master_addr():
 def test_the_warning_signal_never_comes_at_a_short_jobs_start():
     # submitit's USR2 90 s before the limit fired at once with time_min=1 (a healthy job died)
     assert [warning_signal_s(m) for m in (1, 2, 5, 6, 20)] == [15, 30, 75, 90, 90]
+
+
+@pytest.mark.timeout(60)
+def test_the_warning_signal_spares_a_task_that_has_no_handler_yet(tmp_path):
+    """Slurm may send the time-limit warning up to 60 s early, so with `time_min=1` it can
+    reach a task still importing torch: submitit's USR2 ended such a task (a healthy job
+    failed under load). The job asks for WARNING_SIGNAL, which a process without a handler
+    survives; real signal, real process, and the batch script the job really gets."""
+    script = run_cli("cluster=local_slurm", "dry_run=true", "cluster.time_min=1",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=50)
+    assert script.returncode == 0, script.stdout + script.stderr
+    assert f"#SBATCH --signal={WARNING_SIGNAL.name.removeprefix('SIG')}@15" in script.stdout
+    assert "USR2" not in script.stdout
+    task = subprocess.Popen([sys.executable, "-c", "import sys, time; print(1, flush=True); "
+                             "time.sleep(1.5)"], stdout=subprocess.PIPE, text=True)
+    task.stdout.readline()  # the interpreter is up; no handler of its own
+    task.send_signal(WARNING_SIGNAL)
+    assert task.wait(timeout=30) == 0
 
 
 def test_rendezvous_ports_stay_below_the_ephemeral_range():

@@ -108,8 +108,8 @@ def launcher_params(settings, given: dict) -> dict:
     params = {k: v for k, v in given.items() if k != "_explicit"}
     params.update(ours, submitit_folder=str(submit.submitit_folder(settings)),
                   name=str(cluster.get("job_name") or "mimo-launch"),
-                  signal_delay_s=submit.warning_signal_s(alloc.time_min),
-                  setup=submit.setup_lines(cluster), srun_args=submit.srun_args(cluster))
+                  setup=submit.setup_lines(cluster), srun_args=submit.srun_args(cluster),
+                  **submit.warning_params(alloc.time_min, given.get("additional_parameters")))
     if cluster.get("exclusive"):
         params["exclusive"] = True
     return params

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..settings.app_config import DEVICES, LaunchSettings, UsageError
+from ..slurm_task import WARNING_SIGNAL
 
 # Characters a run directory may hold on Slurm. sbatch and srun expand `%` in --output/--error
 # (`%j` job id, `%x` job name, `%t` task...: sbatch(1) "filename pattern"), and submitit writes
@@ -88,11 +89,21 @@ def srun_args(cluster) -> list[str]:
     return args + _as_list(cluster.get("srun_args"))
 
 
+
+
 def warning_signal_s(time_min: int) -> int:
-    """Seconds before the time limit at which Slurm signals the job (submitit's USR2, sbatch
-    `--signal`): submitit's 90 s, but at most a quarter of the limit, so that a short limit
-    (`cluster.time_min=1`) does not signal a healthy job at its start."""
+    """Seconds before the time limit at which Slurm signals the tasks (`WARNING_SIGNAL`):
+    submitit's 90 s, but at most a quarter of the limit."""
     return min(90, time_min * 60 // 4)
+
+
+def warning_params(time_min: int, additional: dict | None = None) -> dict:
+    """submitit parameters asking for `WARNING_SIGNAL` `warning_signal_s(time_min)` seconds
+    before the limit, in place of its USR2 (`additional`: other sbatch flags to keep)."""
+    delay = warning_signal_s(time_min)
+    return {"signal_delay_s": delay,
+            "additional_parameters": {**(additional or {}),
+                                      "signal": f"{WARNING_SIGNAL.name[3:]}@{delay}"}}
 
 
 def make_executor(settings: LaunchSettings, alloc: Allocation):
@@ -108,8 +119,8 @@ def make_executor(settings: LaunchSettings, alloc: Allocation):
                          "or use cluster=local") from None
     params = dict(job_name=str(cluster.get("job_name") or "mimo-launch"), nodes=alloc.nodes,
                   ntasks_per_node=alloc.tasks_per_node, time=alloc.time_min,
-                  signal_delay_s=warning_signal_s(alloc.time_min),
-                  setup=setup_lines(cluster), srun_args=srun_args(cluster))
+                  setup=setup_lines(cluster), srun_args=srun_args(cluster),
+                  **warning_params(alloc.time_min))
     for key in ("partition", "account", "qos", "cpus_per_task"):
         if cluster.get(key) is not None:
             params[key] = cluster.get(key)
