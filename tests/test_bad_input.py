@@ -136,6 +136,15 @@ CASES = {
     "mimo removed": (["mode=plan", "~mimo"], ["no key 'mimo'", "~mimo", "required"]),
     "cluster removed": (["mode=plan", "~cluster"], ["no key 'cluster'", "required"]),
     "timeout removed": (["mode=plan", "~timeout_s"], ["no key 'timeout_s'", "required"]),
+    # a setting that would silently do nothing
+    "plan setting in a run": (["plan.rank=3"], ["plan.rank=3 acts in mode=plan only"]),
+    "verify_against in a plan": (["mode=plan", "verify_against=colocated_8"],
+                                 ["verify_against=colocated_8 acts in a run only",
+                                  "mode=plan starts no rank"]),
+    "fault in a plan": (["mode=plan", "fault.kill_rank=3", "fault.phase=grids"],
+                        ["fault.kill_rank=3 acts in a run only"]),
+    "slow factor without a slow rank": (["check=health", "fault.slow_factor=8"],
+                                        ["fault.slow_factor=8 acts on fault.slow_rank only"]),
 }
 
 

@@ -200,6 +200,25 @@ def overridden(overrides: list[str], key: str) -> list[str]:
     return found
 
 
+def refuse_inert(cfg: DictConfig, overrides: list[str]) -> None:
+    """A setting given on the command line that would silently do nothing is refused
+    (UsageError, one line): `plan.*` outside mode=plan; `verify_against` and `fault.*` in
+    mode=plan, which starts no rank; `fault.slow_factor` without a `fault.slow_rank`."""
+    mode = cfg.get("mode")
+    if mode != "plan" and overridden(overrides, "plan"):
+        raise UsageError(f"{overridden(overrides, 'plan')[0]} acts in mode=plan only: add "
+                         f"mode=plan")
+    if mode == "plan":
+        for key in ("verify_against", "fault"):
+            if overridden(overrides, key):
+                raise UsageError(f"{overridden(overrides, key)[0]} acts in a run only, and "
+                                 f"mode=plan starts no rank: drop one of them")
+    slow_rank = OmegaConf.select(cfg, "fault.slow_rank", default=None)
+    if slow_rank is None and overridden(overrides, "fault.slow_factor"):
+        raise UsageError(f"{overridden(overrides, 'fault.slow_factor')[0]} acts on "
+                         f"fault.slow_rank only: add fault.slow_rank=RANK")
+
+
 def health_from(cfg: DictConfig, fault: FaultSpec,
                 overrides: list[str] = ()) -> HealthSettings | None:
     """`check` and the `health` node as HealthSettings (None for check=verify); a slow-rank
@@ -290,10 +309,11 @@ def settings_from_config(composed: DictConfig, run_dir: str | Path | None = None
             raise UsageError(f"verify_against={cfg.verify_against}: its modules "
                              f"{list(expected.module_parallelisms)} differ from the layout's "
                              f"{list(layout.module_parallelisms)}")
-    fault = fault_from(cfg.get("fault"), world)
     overrides = list(OmegaConf.select(cfg, "hydra.overrides.task", default=None) or [])
-    health = health_from(cfg, fault, overrides)  # the command line's, as Hydra records them
+    fault = fault_from(cfg.get("fault"), world)
     plan = plan_from(cfg.get("plan"), world)
+    refuse_inert(cfg, overrides)  # the command line's, as Hydra records them
+    health = health_from(cfg, fault, overrides)
     entrypoint, entrypoint_dir = entrypoint_from(cfg.get("entrypoint"))
     if fault.phase == ENTRYPOINT_PHASE and fault.active and not entrypoint:
         raise UsageError("fault.phase=entrypoint needs an entrypoint=pkg.module:function")
