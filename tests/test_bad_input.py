@@ -145,6 +145,12 @@ CASES = {
                         ["fault.kill_rank=3 acts in a run only"]),
     "slow factor without a slow rank": (["check=health", "fault.slow_factor=8"],
                                         ["fault.slow_factor=8 acts on fault.slow_rank only"]),
+    "search path to no directory": (["hydra.searchpath=[file:///nonexistent/site]"],
+                                    ["hydra.searchpath entry file:///nonexistent/site: no "
+                                     "directory /nonexistent/site"]),
+    "search path to no package": (["hydra.searchpath=[pkg://no_such_site_pkg]"],
+                                  ["hydra.searchpath entry pkg://no_such_site_pkg: no package "
+                                   "'no_such_site_pkg'"]),
 }
 
 

@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import time
+import warnings
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -262,6 +263,8 @@ def run(args: list[str]) -> int:
     from ..app.interrupts import exit_code, signal_of
 
     args = _compat(args)
+    # a search path entry that is not there: refused in one line (app_config.check_searchpath)
+    warnings.filterwarnings("ignore", message="provider=hydra.searchpath .* is not available")
     saved_argv = sys.argv
     AppState.code, AppState.settings, AppState.sweep, AppState.refused = None, None, None, None
     AppState.full_error = os.environ.get("HYDRA_FULL_ERROR")

@@ -219,6 +219,28 @@ def refuse_inert(cfg: DictConfig, overrides: list[str]) -> None:
                          f"fault.slow_rank only: add fault.slow_rank=RANK")
 
 
+def check_searchpath(cfg: DictConfig) -> None:
+    """Every `hydra.searchpath` entry must exist (Hydra skips a missing one silently, and a
+    site's cluster config then seems not to be there): a directory for `file://DIR` or a plain
+    path, an importable package for `pkg://NAME`; UsageError (one line) otherwise."""
+    import importlib.util
+
+    for entry in OmegaConf.select(cfg, "hydra.searchpath", default=None) or []:
+        entry = str(entry)
+        if entry.startswith("pkg://"):
+            name = entry.removeprefix("pkg://").strip("/").replace("/", ".")
+            try:
+                found = bool(name) and importlib.util.find_spec(name) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise UsageError(f"hydra.searchpath entry {entry}: no package {name!r}")
+            continue
+        path = Path(entry.removeprefix("file://")).expanduser()
+        if not path.is_dir():
+            raise UsageError(f"hydra.searchpath entry {entry}: no directory {path.absolute()}")
+
+
 def health_from(cfg: DictConfig, fault: FaultSpec,
                 overrides: list[str] = ()) -> HealthSettings | None:
     """`check` and the `health` node as HealthSettings (None for check=verify); a slow-rank
@@ -313,6 +335,7 @@ def settings_from_config(composed: DictConfig, run_dir: str | Path | None = None
     fault = fault_from(cfg.get("fault"), world)
     plan = plan_from(cfg.get("plan"), world)
     refuse_inert(cfg, overrides)  # the command line's, as Hydra records them
+    check_searchpath(cfg)
     health = health_from(cfg, fault, overrides)
     entrypoint, entrypoint_dir = entrypoint_from(cfg.get("entrypoint"))
     if fault.phase == ENTRYPOINT_PHASE and fault.active and not entrypoint:
