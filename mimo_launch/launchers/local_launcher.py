@@ -34,6 +34,7 @@ from ..rank.phases import (
 )
 from ..rank.rank_runner import RankJob, run_rank
 from ..reports.report import Report, module_summary, read_report, record_failure, write_report
+from ..settings.app_config import LaunchSettings
 
 _POLL_S = 0.05
 # Once a rank has failed (exit 3), the others still running are stopped when no other rank has
@@ -256,6 +257,32 @@ class _TeardownWatch:
         except Exception:  # noqa: BLE001 - the store is the launcher's own; never fatal here
             return []
         return [r for r in running if now - self.entered.get(r, now) > self.timeout_s]
+
+
+def run_local(settings: LaunchSettings) -> int:
+    """The local launcher's run (`interface.Launcher`): fork the ranks here with a progress
+    line, print the verdict, then write report.md and the rank map; the exit code."""
+    from ..app.interrupts import one_run
+    from ..rank.rank_job import rank_job
+    from ..reports.artifacts import finish_run
+    from ..reports.console import PhaseProgress
+    from ..reports.rankmap import warm_up
+
+    if settings.entrypoint:  # megatron-core's package init once here, not in every rank
+        from ..groups.pg_collections import process_group_collection_class
+
+        with deferred():  # native imports: a signal there would abort (interrupts.deferred)
+            process_group_collection_class()
+    print(f"mimo-launch: {settings.world_size} ranks on this machine "
+          f"({'NCCL on GPUs' if settings.device == 'cuda' else 'gloo on CPU'}); "
+          f"output in {settings.run_dir}", flush=True)
+    with one_run():  # from the ranks' end on, signals are held: the verdict stands
+        with PhaseProgress(settings.world_size, on_first_tick=warm_up) as progress:
+            report = launch_local(rank_job(settings), on_tick=progress)
+            with held(lasting=True) as came:
+                progress.finish(report)
+        finish_run(settings, report, came)  # verdict, then report.md and the rank map
+    return report.exit_code
 
 
 def launch_local(job: RankJob, watchdog_s: float | None = None,

@@ -35,6 +35,18 @@ from ..settings.app_config import LaunchSettings, UsageError
 JOB_RECORD = "job.json"  # in the run directory: what `mimo-launch collect` needs
 
 
+def run_slurm(settings: LaunchSettings) -> int:
+    """The Slurm launcher's run (`interface.Launcher`): submit, follow and report
+    (`launch_slurm`), then report.md and the rank map; the exit code."""
+    from ..reports.artifacts import artifacts_after
+
+    with one_run():  # from the job's end on, signals are held: the verdict stands
+        code = launch_slurm(settings)
+        with held(lasting=True) as came:
+            artifacts_after(settings, came)
+    return code
+
+
 def launch_slurm(settings: LaunchSettings) -> int:
     """Submit, follow and report (see the module docstring); return the exit code."""
     try:
