@@ -33,7 +33,7 @@ from ..rank.phases import (
     teardown_overdue,
 )
 from ..rank.rank_runner import RankJob, run_rank
-from ..reports.report import Report, module_summary, read_report, record_failure, write_report
+from ..reports.report import Report, failure_report, read_report, write_report
 from ..settings.app_config import LaunchSettings
 
 _POLL_S = 0.05
@@ -317,11 +317,7 @@ def _failure_report(job: RankJob, run: LocalRun, partial: Report | None) -> Repo
         log_tail = tail(log_path(run_dir, rank))
         if log_tail:
             message += f"\nlast lines of {log_path(run_dir, rank)}:\n{log_tail}"
-    report = partial or Report(passed=False, world_size=job.world_size, backend=job.backend,
-                               modules=module_summary(job.layout.validate(job.world_size)),
-                               entrypoint=job.entrypoint, verify_against=job.verify_against)
-    record_failure(report, message, diagnosis.phase, diagnosis.ranks)
-    report.interrupted = run.interrupted is not None
-    report.interrupted_by = run.interrupted
+    report = failure_report(job, partial, message, diagnosis.phase, diagnosis.ranks,
+                            run.interrupted)
     write_report(run_dir, report)
     return report

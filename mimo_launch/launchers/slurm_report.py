@@ -20,7 +20,7 @@ from ..launchers.slurm_watch import Followed, final_state
 from ..layout.rank_text import format_rank_set
 from ..rank.phases import ENTRYPOINT_PHASE, TEARDOWN_PHASE, teardown_failure
 from ..rank.rank_status import TEARDOWN_OVERDUE, read_statuses
-from ..reports.report import Report, read_report, record_failure, write_report
+from ..reports.report import Report, failure_report, read_report, write_report
 
 _SRUN_ERROR = re.compile(r"srun: error: (\S+): tasks? ([\d,\-]+): (.+)")
 # srun's words for a task it stopped itself, or one that ended with an exit code
@@ -131,57 +131,57 @@ def _earliest_phase(statuses: dict[int, dict]) -> str | None:
 
 def conclude(job, job_id: str, files: JobFiles, followed: Followed) -> Report:
     """The run's report (written to report.json): rank 0's, completed with the Slurm facts
-    when it is a failure (see the module docstring)."""
+    when it is a failure (see the module docstring; `report.failure_report` merges them)."""
     run_dir = Path(job.run_dir)
     state, code = final_state(job_id)
     report = read_report(run_dir)
     if report is not None and not report.failure and state == "COMPLETED" \
             and not followed.interrupted:
         return report
-    base = Report(passed=False, world_size=job.world_size, backend=job.backend)
     if followed.never_started:
-        record_failure(base, followed.never_started, None, [])
-        return _finish(base, [f"slurm: job {job_id} {state}"], files, followed)
+        return _finish(job, None, (followed.never_started, None, []),
+                       [f"slurm: job {job_id} {state}"], files, followed)
     errors = task_errors(files.batch_err)
     statuses = read_statuses(run_dir, job.world_size)
     stopped = followed.interrupted or (state == "CANCELLED" and not followed.cancelled)
     blame = blame_dead(errors, statuses, stopped) or (
         None if stopped else blame_teardown(statuses, job.timeout_s))
     if blame is not None:
-        report = record_failure(report or base, blame.message, blame.phase, blame.ranks)
+        failure = blame.message, blame.phase, blame.ranks
     elif stopped:
         who = (f"by {followed.interrupted_by}" if followed.interrupted
                else "from outside (scancel or an administrator)")
         seen = f"; rank 0 saw: {report.failure}" if report is not None and report.failure else ""
-        report = record_failure(report or base, f"job {job_id} was cancelled {who} with "
-                                f"{where_ranks_were(statuses, job.world_size)}{seen}",
-                                _earliest_phase(statuses), [])
+        failure = (f"job {job_id} was cancelled {who} with "
+                   f"{where_ranks_were(statuses, job.world_size)}{seen}",
+                   _earliest_phase(statuses), [])
     elif report is None:
-        record_failure(base, f"job {job_id} ended {state} before rank 0 wrote a report "
-                             f"({where_ranks_were(statuses, job.world_size)})",
-                       _earliest_phase(statuses), [])
-        report = base
+        failure = (f"job {job_id} ended {state} before rank 0 wrote a report "
+                   f"({where_ranks_were(statuses, job.world_size)})", _earliest_phase(statuses), [])
     elif report.awaiting_entrypoint:  # rank 0 ended before it could say why
-        record_failure(report, f"job {job_id} ended {state} before the entry point finished "
-                               f"on every rank", ENTRYPOINT_PHASE, [])
+        failure = (f"job {job_id} ended {state} before the entry point finished on every rank",
+                   ENTRYPOINT_PHASE, [])
     elif not report.failure:
         return report  # rank 0's verdict stands; the job's end is noted in its logs
-    if report.failed_phase is None and report.failed_ranks:
-        report.failed_phase = _phase_of(statuses, report.failed_ranks[0])
+    else:  # rank 0's own failure, completed with the job's facts
+        failure = report.failure, report.failed_phase, report.failed_ranks
+    message, phase, ranks = failure
+    if phase is None and ranks:
+        phase = _phase_of(statuses, ranks[0])
     lines = [f"slurm: job {job_id} {state} (exit code {code})"]
     lines += [f"srun: {node}: task(s) {format_rank_set(tasks)}: {what}"
               for node, tasks, what in errors[:8]]
-    for rank in report.failed_ranks[:1]:
+    for rank in ranks[:1]:
         tail = log_tail(files.rank_log(rank), 10)
         if tail:
             lines.append(f"last lines of {files.rank_log(rank)}:\n{tail}")
-    return _finish(report, lines, files, followed)
+    return _finish(job, report, (message, phase, ranks), lines, files, followed)
 
 
-def _finish(report: Report, lines: list[str], files: JobFiles, followed: Followed) -> Report:
-    lines.append(files.describe())
-    report.passed = False
-    report.failure += "\n" + "\n".join(lines)
-    report.interrupted, report.interrupted_by = followed.interrupted, followed.interrupted_by
+def _finish(job, partial: Report | None, failure: tuple[str, str | None, list[int]],
+            lines: list[str], files: JobFiles, followed: Followed) -> Report:
+    message, phase, ranks = failure
+    report = failure_report(job, partial, "\n".join([message, *lines, files.describe()]), phase,
+                            ranks, followed.interrupted_by if followed.interrupted else None)
     write_report(files.run_dir, report)
     return report

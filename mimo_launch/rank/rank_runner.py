@@ -29,7 +29,7 @@ from ..rank.phases import (
     teardown_failure,
 )
 from ..rank.rank_job import RankJob
-from ..reports.report import Report, module_summary, read_report, record_failure, write_report
+from ..reports.report import Report, failure_report, module_summary, read_report, write_report
 
 # Rank 0 waits for the other ranks' teardown this much longer than their own bound
 # (`timeout_s`, then SIGALRM 1 + 5 s later: phases.TeardownWatchdog), so they end themselves first.
@@ -83,12 +83,11 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
     torch.set_num_threads(1)
     tracker = PhaseTracker(store, rank, job.world_size, job.timeout_s, job.fault,
                            on_enter=on_phase)
-    layout = job.layout
 
     def fail(exc: BaseException) -> None:
         tracker.record_failure(exc)
         if rank == 0:
-            _write_failure(job, tracker, layout, exc)
+            _write_failure(job, tracker, exc)
 
     try:
         layout = job.layout.validate(job.world_size)
@@ -144,20 +143,18 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
     if rank == 0:  # the verdict stands; a rank ended in teardown is named beside it
         stragglers = tracker.teardown_stragglers(job.timeout_s + TEARDOWN_WAIT_EXTRA_S)
         if stragglers:
-            write_report(Path(job.run_dir), record_failure(
-                report, teardown_failure(stragglers, job.timeout_s), TEARDOWN_PHASE,
+            write_report(Path(job.run_dir), failure_report(
+                job, report, teardown_failure(stragglers, job.timeout_s), TEARDOWN_PHASE,
                 stragglers))
     return EXIT_PASSED if verdict.passed else EXIT_MISMATCH
 
 
-def _write_failure(job: RankJob, tracker: PhaseTracker, layout, exc: BaseException) -> None:
+def _write_failure(job: RankJob, tracker: PhaseTracker, exc: BaseException) -> None:
     """Rank 0's report of its own failure; in the entry point it keeps the verification's."""
     run_dir = Path(job.run_dir)
     after_verify = tracker.current in (HEALTH_PHASE, ENTRYPOINT_PHASE)
     report = read_report(run_dir) if after_verify else None
-    report = report or Report(passed=False, world_size=job.world_size, backend=job.backend,
-                              modules=module_summary(layout), entrypoint=job.entrypoint,
-                              verify_against=job.verify_against)
-    report.timings = report_timings(tracker)
     ranks = getattr(exc, "missing", None) or ([0] if after_verify else [])
-    write_report(run_dir, record_failure(report, str(exc), tracker.current, ranks))
+    report = failure_report(job, report, str(exc), tracker.current, ranks)
+    report.timings = report_timings(tracker)
+    write_report(run_dir, report)

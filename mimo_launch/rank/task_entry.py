@@ -129,13 +129,7 @@ class StopOnSigterm:
     def _report(self) -> None:
         from ..launchers.diagnosis import diagnose
         from ..rank.phases import TEARDOWN_PHASE, overdue_in_teardown, teardown_failure
-        from ..reports.report import (
-            Report,
-            module_summary,
-            read_report,
-            record_failure,
-            write_report,
-        )
+        from ..reports.report import failure_report, read_report, write_report
 
         run_dir = Path(self.job.run_dir)
         report = read_report(run_dir)
@@ -143,17 +137,14 @@ class StopOnSigterm:
             # the verdict stands; a rank its watchdog ended in teardown is named beside it
             overdue = overdue_in_teardown(self.probe, self.job.world_size)
             if overdue and not report.failure:
-                write_report(run_dir, record_failure(report, teardown_failure(
+                write_report(run_dir, failure_report(self.job, report, teardown_failure(
                     overdue, self.job.timeout_s), TEARDOWN_PHASE, overdue))
             return
         found = diagnose(self.probe, self.job.world_size, [],
                          f"{self.source} stopped the ranks: a task ended early or the job was "
                          f"cancelled")
-        report = report or Report(
-            passed=False, world_size=self.job.world_size, backend=self.job.backend,
-            modules=module_summary(self.job.layout.validate(self.job.world_size)),
-            entrypoint=self.job.entrypoint, verify_against=self.job.verify_against)
-        write_report(run_dir, record_failure(report, found.message, found.phase, found.ranks))
+        write_report(run_dir, failure_report(self.job, report, found.message, found.phase,
+                                             found.ranks))
 
 
 def run_rank_task(job, rank: int, local_rank: int, source: str, rendezvous,

@@ -180,18 +180,14 @@ def report_interrupted(settings: LaunchSettings, signum: int) -> None:
     import signal
 
     from ..app.interrupts import describe
-    from ..reports.report import record_failure, write_report
+    from ..rank.rank_job import rank_job
+    from ..reports.report import failure_report, write_report
 
     run_dir = Path(settings.run_dir)
     if settings.config.mode != "run" or not run_dir.is_dir() or read_report(run_dir):
         return
-    report = Report(passed=False, world_size=settings.world_size,
-                    backend="nccl" if settings.device == "cuda" else "gloo",
-                    modules=module_summary(settings.layout),
-                    entrypoint=settings.entrypoint or None)
-    record_failure(report, f"interrupted ({describe(signum)}) before the ranks started", None,
-                   [])
-    report.interrupted, report.interrupted_by = True, signal.Signals(signum).name
+    report = failure_report(rank_job(settings), None, f"interrupted ({describe(signum)}) before "
+                            f"the ranks started", None, [], signal.Signals(signum).name)
     try:
         write_report(run_dir, report)
     except OSError:

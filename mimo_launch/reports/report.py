@@ -9,6 +9,7 @@ import json
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..app.interrupts import exit_code
 from ..checks.health_report import health_lines
@@ -16,6 +17,9 @@ from ..errors import EXIT_FAILURE, EXIT_HEALTH, EXIT_MISMATCH, EXIT_PASSED
 from ..mimo_config import MimoParallelismConfig
 from ..rank.phases import ENTRYPOINT_PHASE, HEALTH_PHASE, TEARDOWN_PHASE
 from ..reports.atomic_file import write_text_atomic
+
+if TYPE_CHECKING:
+    from ..rank.rank_job import RankJob
 
 REPORT_NAME = "report.json"
 
@@ -87,6 +91,27 @@ def record_failure(report: Report, message: str, phase: str | None,
     report.failure = message
     report.failed_phase = phase
     report.failed_ranks = list(ranks)
+    return report
+
+
+def failure_report(job: RankJob, partial: Report | None, message: str, phase: str | None,
+                   ranks: list[int], interrupted_by: str | None = None) -> Report:
+    """The one place where what a launcher knows of a failed run (its diagnosis, Slurm's
+    facts, log tails, a signal) joins what rank 0 recorded: `partial` (rank 0's report, kept
+    whole) or, where rank 0 wrote none, a report of `job`'s modules, entry point and
+    `verify_against`; failed by `message` in `phase` naming `ranks`; interrupted when
+    `interrupted_by` names a signal ('SIGTERM'). The caller writes it (`write_report`)."""
+    if partial is None:
+        try:
+            modules = module_summary(job.layout.validate(job.world_size))
+        except ValueError:  # a layout that does not fit: the failure says so, no modules
+            modules = {}
+        partial = Report(passed=False, world_size=job.world_size, backend=job.backend,
+                         modules=modules, entrypoint=job.entrypoint,
+                         verify_against=job.verify_against)
+    report = partial
+    record_failure(report, message, phase, ranks)
+    report.interrupted, report.interrupted_by = interrupted_by is not None, interrupted_by
     return report
 
 
