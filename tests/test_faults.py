@@ -56,19 +56,19 @@ def test_a_rank_that_dies_or_hangs_is_named_with_its_phase(kind, rank, phase, tm
     assert _wait_gone(run_dir) == []
 
 
-def _start_hanging_run(tmp_path):
+def _start_hanging_run(tmp_path, rank: int = 1, phase: str = "grids"):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([str(MIMO_LAUNCH), "fault.hang_rank=1", "fault.phase=grids",
+    proc = subprocess.Popen([str(MIMO_LAUNCH), f"fault.hang_rank={rank}", f"fault.phase={phase}",
                              "timeout_s=120", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = run_dir / "logs" / "rank1.log"
+    log = run_dir / "logs" / f"rank{rank}.log"
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline:
         if log.exists() and "hangs" in log.read_text():
             return proc, run_dir
         time.sleep(0.1)
     proc.kill()
-    pytest.fail("rank 1 never reached the injected hang")
+    pytest.fail(f"rank {rank} never reached the injected hang")
 
 
 @pytest.mark.timeout(90)

@@ -56,6 +56,23 @@ def test_a_rank_that_hangs_in_teardown_is_named_within_the_timeout_and_the_verdi
 
 
 @pytest.mark.timeout(90)
+def test_an_interrupt_during_a_hung_teardown_names_the_rank_still_in_it(tmp_path):
+    """Teardown has no barrier: blaming the ranks that 'did not arrive' there named all 8.
+    The rank still in it is the one named; the verdict stands beside it."""
+    proc, run_dir = _start_hanging_run(tmp_path, rank=6, phase="teardown")
+    time.sleep(3)  # the other ranks finish their teardown (milliseconds)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, out + err
+    assert "mimo-launch verification PASSED, teardown FAILED" in out
+    report = json.loads((run_dir / "report.json").read_text())
+    assert (report["failed_phase"], report["failed_ranks"]) == ("teardown", [6]), report
+    assert report["failure"].startswith("phase 'teardown': rank(s) 6 did not finish it "
+                                        "(interrupted (SIGTERM))"), report["failure"]
+    assert _wait_gone(run_dir) == []
+
+
+@pytest.mark.timeout(90)
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_stop_every_rank_and_write_the_report(sig, code, tmp_path):
     proc, run_dir = _start_hanging_run(tmp_path)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..layout.rank_text import format_rank_set
-from ..rank.phases import RUN_PHASES, missing_ranks, rank_failures, rank_phase
+from ..rank.phases import RUN_PHASES, TEARDOWN_PHASE, missing_ranks, rank_failures, rank_phase
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -102,7 +102,8 @@ def diagnose(store, world_size: int, exits: list[RankExit], reason: str | None) 
     ranks = missing_ranks(store, phase, world_size)
     stuck = _stuck(store, phase, world_size, failures) if failures and not ranks else []
     if ranks:
-        head = f"phase '{phase}': rank(s) {format_rank_set(ranks)} did not arrive"
+        verb = "did not finish it" if phase == TEARDOWN_PHASE else "did not arrive"
+        head = f"phase '{phase}': rank(s) {format_rank_set(ranks)} {verb}"
     elif stuck:
         ranks = stuck
         head = (f"phase '{phase}': rank(s) {format_rank_set(ranks)} did not finish (no error "

@@ -295,7 +295,11 @@ def _unmarked(store, mark: str, phase: str, world_size: int) -> list[int]:
 
 
 def missing_ranks(store, phase: str, world_size: int) -> list[int]:
-    """Ranks that have not arrived at `phase` (one store look-up per rank: failure path only)."""
+    """Ranks that have not arrived at `phase` (one store look-up per rank: failure path only);
+    for teardown, which has no barrier, the ranks in it that have not finished it."""
+    if phase == TEARDOWN_PHASE:
+        return [r for r in _unmarked(store, "finished", phase, world_size)
+                if rank_phase(store, r) == TEARDOWN_PHASE]
     return _unmarked(store, "arrived", phase, world_size)
 
 
