@@ -77,6 +77,19 @@ def test_a_sweep_dir_holding_an_earlier_sweep_is_refused_before_any_point(tmp_pa
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("earlier", [".mimo-launch-run", "report.json", "logs"])
+def test_a_sweep_dir_holding_an_earlier_single_run_is_refused_before_any_point(earlier,
+                                                                             tmp_path):
+    """Single runs and sweeps keep out of each other's directories, both ways round."""
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / earlier).mkdir() if earlier == "logs" else (sweep_dir / earlier).write_text("")
+    proc = run_cli("-m", "mimo=vlm_8,single_8", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert "holds an earlier single run" in _one_error_line(proc)
+    assert sorted(p.name for p in sweep_dir.iterdir()) == [earlier]
+
+
+@pytest.mark.timeout(120)
 def test_a_sweep_dir_gets_the_run_dirs_checks_and_points_stay_inside_it(tmp_path):
     """hydra.sweep.dir=/ is refused as hydra.run.dir=/ is (nothing written into /); a file is
     named as a file, not an earlier sweep; a subdir climbing out or absolute is refused."""

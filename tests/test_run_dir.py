@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MIMO_LAUNCH, run_cli
-from mimo_launch.settings.run_dir import RUN_MARKER, RunDirError, claim_run_dir
+from mimo_launch.settings.run_dir import RUN_MARKER, SWEEP_MARKER, RunDirError, claim_run_dir
 
 
 def _claim(path: str, start, out) -> None:
@@ -44,6 +44,10 @@ def test_a_directory_without_a_run_is_used_as_it_is(tmp_path):
     earlier = tmp_path / "old"  # a run made before the marker existed
     (earlier / "logs").mkdir(parents=True)
     assert claim_run_dir(earlier) == tmp_path / "old-2"
+    sweep = tmp_path / "sweep"  # a sweep's directory is not a single run's either
+    sweep.mkdir()
+    (sweep / SWEEP_MARKER).write_text("")
+    assert claim_run_dir(sweep) == tmp_path / "sweep-2"
 
 
 @pytest.mark.parametrize("where, message", [

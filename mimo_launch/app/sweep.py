@@ -18,10 +18,9 @@ from pathlib import Path
 
 from ..reports.atomic_file import write_text_atomic
 from ..settings.app_config import UsageError
-from ..settings.run_dir import unusable_reason
+from ..settings.run_dir import SWEEP_MARKER, holds_a_run, unusable_reason
 
 # Created with O_EXCL in the sweep directory: "a sweep lives here".
-SWEEP_MARKER = ".mimo-launch-sweep"
 # Most severe first; an interrupt (128 + signal, e.g. 130) outranks them all.
 SEVERITY = (3, 1, 4, 5, 2, 0)
 # Exit 0 without verifying anything: mode=plan, a Slurm dry run (Sweep.record's unverified).
@@ -79,7 +78,7 @@ class Sweep:
     @classmethod
     def claim(cls, sweep_dir: str | Path) -> Sweep:
         """Claim `sweep_dir` (created if needed) for this sweep. A directory holding an earlier
-        sweep's marker, or one that cannot be written, is refused: UsageError (one line)."""
+        sweep or run, or one that cannot be written, is refused: UsageError (one line)."""
         path = Path(sweep_dir).expanduser().absolute()
         if path == Path(path.anchor):
             raise UsageError(f"hydra.sweep.dir {path} is the file-system root: give "
@@ -87,6 +86,9 @@ class Sweep:
         if path.exists() and not path.is_dir():
             raise UsageError(f"hydra.sweep.dir {path} cannot be used: a file of that name "
                              f"exists")
+        if path.is_dir() and holds_a_run(path):
+            raise UsageError(f"hydra.sweep.dir {path} holds an earlier single run: give "
+                             f"another hydra.sweep.dir")
         try:
             path.mkdir(parents=True, exist_ok=True)
             os.close(os.open(path / SWEEP_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))

@@ -8,8 +8,15 @@ from pathlib import Path
 
 # Created with O_EXCL in the directory a run claims; its presence means "a run lives here".
 RUN_MARKER = ".mimo-launch-run"
+# Created with O_EXCL in the directory a sweep (`-m`) claims (`app.sweep.Sweep.claim`).
+SWEEP_MARKER = ".mimo-launch-sweep"
 # What runs made before the marker existed leave behind.
 _EARLIER_RUN = ("report.json", "logs")
+
+
+def holds_a_run(path: Path) -> bool:
+    """Whether `path` holds a run's output: its marker, or what runs made before it left."""
+    return any((path / name).exists() for name in (RUN_MARKER, *_EARLIER_RUN))
 
 
 class RunDirError(ValueError):
@@ -21,7 +28,8 @@ def claim_run_dir(path: str | Path) -> Path:
     (absolute).
 
     A directory holding no run's output (a new one, an empty one, or `.`) is used as it is;
-    one that holds an earlier run (its marker, a report.json or logs/) is passed over. The claim
+    one that holds an earlier run (its marker, a report.json or logs/) or a sweep is passed
+    over. The claim
     is the creation of `RUN_MARKER` with O_EXCL, so of two runs started together with the same
     path each gets its own directory. Raises RunDirError for a path that cannot be written: a
     file, a path under a file, no permission, a read-only file system, the file-system root.
@@ -43,7 +51,7 @@ def _claim(candidate: Path) -> bool:
     """True if this process now owns `candidate`; False if an earlier run holds it."""
     try:
         candidate.mkdir(parents=True, exist_ok=True)
-        if any((candidate / name).exists() for name in _EARLIER_RUN):
+        if holds_a_run(candidate) or (candidate / SWEEP_MARKER).exists():
             return False
         fd = os.open(candidate / RUN_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
