@@ -118,3 +118,30 @@ def _run_ok(run_dir):
     proc = run_cli(f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return run_dir / "report.json"
+
+
+def _readme_error_examples() -> list[tuple[list[str], str]]:
+    """The README's `$ mimo-launch ...` lines followed by the error lines they print."""
+    import shlex
+
+    from conftest import REPO
+
+    examples, current = [], None
+    for line in (REPO / "README.md").read_text().splitlines():
+        if line.startswith("$ mimo-launch "):
+            current = (shlex.split(line)[2:], [])
+            examples.append(current)
+        elif current is not None and line.startswith("mimo-launch: "):
+            current[1].append(line)
+        else:
+            current = None
+    return [(args, "\n".join(lines) + "\n") for args, lines in examples if lines]
+
+
+@pytest.mark.timeout(240)
+def test_the_readmes_error_examples_print_what_it_shows(tmp_path):
+    examples = _readme_error_examples()
+    assert len(examples) >= 3, examples
+    for args, shown in examples:
+        proc = run_cli(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=60)
+        assert (proc.returncode, proc.stderr) == (2, shown), args
