@@ -51,3 +51,24 @@ def test_suggestions_for_a_dotted_path():
     assert suggest_for_path("timeout") == "timeout_s"
     assert suggest_for_path("cluster.partition") is None  # a key of some cluster kind
     assert suggest_for_path("zzzz") is None
+
+
+@pytest.mark.parametrize("keys, settings", [
+    ("FaultKeys", "mimo_launch.rank.phases:FaultSpec"),
+    ("HealthKeys", "mimo_launch.settings.health_config:HealthSettings"),
+])
+def test_a_sections_keys_are_the_fields_of_what_it_becomes(keys, settings):
+    """The key schema (mutable, for OmegaConf) and the frozen settings a section becomes are
+    two classes; a field added to one only would be refused, or dropped, without a word."""
+    import dataclasses
+    import importlib
+
+    from mimo_launch.settings import config_keys
+
+    module, name = settings.split(":")
+    target = getattr(importlib.import_module(module), name)
+
+    def defaults(cls):
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+
+    assert defaults(getattr(config_keys, keys)) == defaults(target)
