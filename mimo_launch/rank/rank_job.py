@@ -19,6 +19,8 @@ class RankJob:
     """Everything a rank needs to run, resolved once by the launcher side (`rank_job`) and
     frozen; picklable, so Slurm and torchrun tasks receive it as is.
 
+    `layout` is resolved here for `world_size`, once (every DP filled in;
+    `MimoParallelismConfig.validate`, MimoConfigError if it does not fit).
     `expected` verifies against another layout than the one built (to show the verifier fails),
     the preset `verify_against` (recorded in the report);
     `fault` makes one rank die or hang in one phase (rehearsals and tests); `entrypoint`
@@ -39,6 +41,9 @@ class RankJob:
     entrypoint_timeout_s: float = 600.0
     health: HealthSettings | None = None
     verify_against: str | None = None  # the preset `expected` comes from, for the report
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layout", self.layout.validate(self.world_size))
 
     @property
     def stages_bound_s(self) -> float:

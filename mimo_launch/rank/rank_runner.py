@@ -90,7 +90,7 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
             _write_failure(job, tracker, exc)
 
     try:
-        layout = job.layout.validate(job.world_size)
+        layout = job.layout  # resolved for the world (RankJob)
         function = None
         if job.entrypoint:  # imports (seconds) before the first barrier, not inside one
             function = resolve_entrypoint(job.entrypoint, job.entrypoint_dir)

@@ -101,15 +101,9 @@ def failure_report(job: RankJob, partial: Report | None, message: str, phase: st
     whole) or, where rank 0 wrote none, a report of `job`'s modules, entry point and
     `verify_against`; failed by `message` in `phase` naming `ranks`; interrupted when
     `interrupted_by` names a signal ('SIGTERM'). The caller writes it (`write_report`)."""
-    if partial is None:
-        try:
-            modules = module_summary(job.layout.validate(job.world_size))
-        except ValueError:  # a layout that does not fit: the failure says so, no modules
-            modules = {}
-        partial = Report(passed=False, world_size=job.world_size, backend=job.backend,
-                         modules=modules, entrypoint=job.entrypoint,
-                         verify_against=job.verify_against)
-    report = partial
+    report = partial or Report(passed=False, world_size=job.world_size, backend=job.backend,
+                               modules=module_summary(job.layout), entrypoint=job.entrypoint,
+                               verify_against=job.verify_against)
     record_failure(report, message, phase, ranks)
     report.interrupted, report.interrupted_by = interrupted_by is not None, interrupted_by
     return report
