@@ -59,3 +59,25 @@ def test_a_teardown_that_finishes_in_time_is_left_alone():
     proc, _ = _run("finish")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout == "ended normally\n"
+
+
+def test_a_rank_that_finished_its_teardown_and_waits_for_the_others_is_never_overdue():
+    """Rank 0 finishes its teardown, then waits for the others; under load the launcher's
+    backstop once saw it 'in teardown' past timeout_s and blamed it beside the hung rank 6.
+    Real trackers on a real TCPStore; the launcher's watch reads it as in a run."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from mimo_launch.launchers.local_launcher import _TeardownWatch
+    from mimo_launch.rank.phases import FaultSpec, PhaseTracker, missing_ranks
+
+    store = dist.TCPStore("127.0.0.1", 0, 1, True, timeout=timedelta(seconds=10),
+                          wait_for_workers=False)
+    rank0, rank6 = (PhaseTracker(store, r, 8, 60.0, FaultSpec()) for r in (0, 6))
+    watch = _TeardownWatch(store, timeout_s=1.0)
+    with rank6.teardown():  # rank 6 stays in it
+        with rank0.teardown():
+            assert watch.overdue([0, 6], now=0.0) == []  # both seen entering
+        assert watch.overdue([0, 6], now=2.0) == [6]  # rank 0 has finished; rank 6 has not
+        assert missing_ranks(store, "teardown", 8) == [6]

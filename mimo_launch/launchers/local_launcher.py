@@ -28,7 +28,7 @@ from ..launchers.diagnosis import Diagnosis, RankExit, diagnose, tail
 from ..rank.phases import (
     TEARDOWN_PHASE,
     arrivals,
-    rank_phase,
+    in_teardown,
     teardown_failure,
     teardown_overdue,
 )
@@ -241,7 +241,8 @@ def _wait(pids: dict[int, int], watchdog_s: float, store, on_tick,
 class _TeardownWatch:
     """When each rank entered the teardown phase (read from the store once any rank has),
     so that one still in it `timeout_s` later is stopped and named (a backstop: such a rank
-    normally ends itself first, with phases.EXIT_TEARDOWN_OVERDUE)."""
+    normally ends itself first, with errors.EXIT_TEARDOWN_OVERDUE). A rank that has finished
+    its teardown (rank 0 waiting for the others) is never overdue."""
 
     def __init__(self, store, timeout_s: float):
         self.store, self.timeout_s = store, timeout_s
@@ -251,12 +252,12 @@ class _TeardownWatch:
         try:
             if not self.entered and not arrivals(self.store, TEARDOWN_PHASE):
                 return []
-            for rank in running:
-                if rank not in self.entered and rank_phase(self.store, rank) == TEARDOWN_PHASE:
-                    self.entered[rank] = now
+            for rank in in_teardown(self.store, [r for r in running if r not in self.entered]):
+                self.entered[rank] = now
+            late = [r for r in running if now - self.entered.get(r, now) > self.timeout_s]
+            return in_teardown(self.store, late) if late else []
         except Exception:  # noqa: BLE001 - the store is the launcher's own; never fatal here
             return []
-        return [r for r in running if now - self.entered.get(r, now) > self.timeout_s]
 
 
 def run_local(settings: LaunchSettings) -> int:

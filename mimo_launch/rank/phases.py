@@ -296,11 +296,17 @@ def _unmarked(store, mark: str, phase: str, world_size: int) -> list[int]:
 
 def missing_ranks(store, phase: str, world_size: int) -> list[int]:
     """Ranks that have not arrived at `phase` (one store look-up per rank: failure path only);
-    for teardown, which has no barrier, the ranks in it that have not finished it."""
+    for teardown, which has no barrier, the ranks still in it (`in_teardown`)."""
     if phase == TEARDOWN_PHASE:
-        return [r for r in _unmarked(store, "finished", phase, world_size)
-                if rank_phase(store, r) == TEARDOWN_PHASE]
+        return in_teardown(store, range(world_size))
     return _unmarked(store, "arrived", phase, world_size)
+
+
+def in_teardown(store, ranks) -> list[int]:
+    """Of `ranks`, those in the teardown phase that have not finished it (rank 0, waiting for
+    the others after its own teardown, has finished it)."""
+    return [r for r in ranks if rank_phase(store, r) == TEARDOWN_PHASE
+            and not store.check([_key("finished", TEARDOWN_PHASE, r)])]
 
 
 def arrivals(store, phase: str) -> int:
