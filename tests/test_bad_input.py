@@ -143,8 +143,16 @@ CASES = {
                                   "mode=plan starts no rank"]),
     "fault in a plan": (["mode=plan", "fault.kill_rank=3", "fault.phase=grids"],
                         ["fault.kill_rank=3 acts in a run only"]),
-    "slow factor without a slow rank": (["check=health", "fault.slow_factor=8"],
-                                        ["fault.slow_factor=8 acts on fault.slow_rank only"]),
+    "dry run of a local run": (["dry_run=true"], ["dry_run=true acts on Slurm only: "
+                                                  "cluster=local runs the ranks itself"]),
+    "no wait on a local run": (["wait=false"], ["wait=false acts on Slurm only"]),
+    "entry point timeout without one": (["entrypoint_timeout_s=5"],
+                                        ["entrypoint_timeout_s=5 acts on an entrypoint only"]),
+    "plan setting outside a plan, before its range": (["plan.rank=[0,9]"],
+                                                      ["plan.rank=[0, 9] acts in mode=plan "
+                                                       "only"]),
+    "fault in a plan, before its own checks": (["mode=plan", "fault.kill_rank=3"],
+                                               ["fault.kill_rank=3 acts in a run only"]),
     "search path to no directory": (["hydra.searchpath=[file:///nonexistent/site]"],
                                     ["hydra.searchpath entry file:///nonexistent/site: no "
                                      "directory /nonexistent/site"]),
@@ -181,3 +189,20 @@ def test_boolean_words_are_read_strictly():
                                   "cluster=local_slurm", f"cluster.exclusive={word}"])
         assert (settings.config.dry_run, settings.config.wait) == (value, value), word
         assert settings.cluster.exclusive is value, word
+
+
+@pytest.mark.timeout(120)
+def test_a_setting_that_does_nothing_is_refused_from_a_site_yaml_too(tmp_path):
+    """The same rules whether a value comes from the command line or a config file."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "myrun.yaml").write_text("defaults: [config, _self_]\nplan: {rank: 3}\n")
+    (site / "myplan.yaml").write_text("defaults: [config, _self_]\nmode: plan\n"
+                                      "fault: {kill_rank: 3, phase: grids}\n")
+    for name, line in [("myrun", "plan.rank=3 acts in mode=plan only: add mode=plan"),
+                       ("myplan", "fault.kill_rank=3 acts in a run only")]:
+        proc = run_cli("--config-dir", str(site), "--config-name", name,
+                       f"hydra.run.dir={tmp_path / name}", cwd=tmp_path, timeout=60)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.startswith(f"mimo-launch: error: {line}"), proc.stderr
+        assert len(proc.stderr.splitlines()) == 1 and not (tmp_path / name).exists()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -19,13 +19,16 @@ from ..errors import HintedUsageError, UsageError
 from ..mimo_config import SHORT_KEYS, MimoConfigError, MimoParallelismConfig, short_layout
 from ..rank.phases import ENTRYPOINT_PHASE, HEALTH_PHASE, FaultSpec
 from ..settings.conf_files import conf_dir
-from ..settings.config_keys import check_keys
+from ..settings.config_keys import FaultKeys, PlanKeys, check_keys
 from ..settings.config_schema import SchemaError, check_cluster, strict_bool
 from ..settings.health_config import KNOWN_KEYS as HEALTH_KEYS
 from ..settings.health_config import HealthSettings, health_settings
 from ..settings.hydra_errors import describe
+from ..settings.inert import refuse_inert, refuse_lone_entrypoint_timeout
 
 DEVICES = ("auto", "cpu", "cuda")
+PLAN_KEYS = tuple(f.name for f in fields(PlanKeys))
+FAULT_KEYS = tuple(f.name for f in fields(FaultKeys))
 MODES = ("run", "plan")  # plan: print the layout and draw it; start nothing
 
 
@@ -181,8 +184,7 @@ def section(node, name: str, known: tuple[str, ...]) -> dict:
 
 def fault_from(node, world_size: int) -> FaultSpec:
     """The `fault` node as a FaultSpec valid for `world_size` ranks."""
-    data = section(node, "fault", ("kill_rank", "hang_rank", "phase", "where",
-                                   "artifacts_delay_s", "slow_rank", "slow_factor"))
+    data = section(node, "fault", FAULT_KEYS)
     try:
         return FaultSpec(**data).validate(world_size)
     except ValueError as exc:
@@ -198,25 +200,6 @@ def overridden(overrides: list[str], key: str) -> list[str]:
         if name == key or name.startswith(f"{key}."):
             found.append(override)
     return found
-
-
-def refuse_inert(cfg: DictConfig, overrides: list[str]) -> None:
-    """A setting given on the command line that would silently do nothing is refused
-    (UsageError, one line): `plan.*` outside mode=plan; `verify_against` and `fault.*` in
-    mode=plan, which starts no rank; `fault.slow_factor` without a `fault.slow_rank`."""
-    mode = cfg.get("mode")
-    if mode != "plan" and overridden(overrides, "plan"):
-        raise UsageError(f"{overridden(overrides, 'plan')[0]} acts in mode=plan only: add "
-                         f"mode=plan")
-    if mode == "plan":
-        for key in ("verify_against", "fault"):
-            if overridden(overrides, key):
-                raise UsageError(f"{overridden(overrides, key)[0]} acts in a run only, and "
-                                 f"mode=plan starts no rank: drop one of them")
-    slow_rank = OmegaConf.select(cfg, "fault.slow_rank", default=None)
-    if slow_rank is None and overridden(overrides, "fault.slow_factor"):
-        raise UsageError(f"{overridden(overrides, 'fault.slow_factor')[0]} acts on "
-                         f"fault.slow_rank only: add fault.slow_rank=RANK")
 
 
 def check_searchpath(cfg: DictConfig) -> None:
@@ -272,7 +255,7 @@ class PlanOptions:
 
 def plan_from(node, world_size: int) -> PlanOptions:
     """The `plan` node, checked against a world of `world_size` ranks."""
-    data = section(node, "plan", ("rank", "gpus_per_node", "picture"))
+    data = section(node, "plan", PLAN_KEYS)
     ranks = data.get("rank")
     ranks = [] if ranks is None else ranks if isinstance(ranks, list) else [ranks]
     for rank in ranks:
@@ -332,9 +315,10 @@ def settings_from_config(composed: DictConfig, run_dir: str | Path | None = None
                              f"{list(expected.module_parallelisms)} differ from the layout's "
                              f"{list(layout.module_parallelisms)}")
     overrides = list(OmegaConf.select(cfg, "hydra.overrides.task", default=None) or [])
+    refuse_inert(cfg, section(cfg.get("plan"), "plan", PLAN_KEYS),
+                 section(cfg.get("fault"), "fault", FAULT_KEYS))
     fault = fault_from(cfg.get("fault"), world)
     plan = plan_from(cfg.get("plan"), world)
-    refuse_inert(cfg, overrides)  # the command line's, as Hydra records them
     check_searchpath(cfg)
     health = health_from(cfg, fault, overrides)
     entrypoint, entrypoint_dir = entrypoint_from(cfg.get("entrypoint"))
@@ -342,6 +326,7 @@ def settings_from_config(composed: DictConfig, run_dir: str | Path | None = None
         raise UsageError("fault.phase=entrypoint needs an entrypoint=pkg.module:function")
     entrypoint_timeout_s = check_timeout(cfg.get("entrypoint_timeout_s", 600),
                                          "entrypoint_timeout_s")
+    refuse_lone_entrypoint_timeout(cfg)
     run_dir = Path(cfg.hydra.run.dir if run_dir is None else run_dir).expanduser().absolute()
     return LaunchSettings(layout, world, device, timeout_s, run_dir, cfg.cluster, cfg, expected,
                           fault, plan, entrypoint, entrypoint_dir, entrypoint_timeout_s, health)
