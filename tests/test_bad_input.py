@@ -159,6 +159,13 @@ CASES = {
     "search path to no package": (["hydra.searchpath=[pkg://no_such_site_pkg]"],
                                   ["hydra.searchpath entry pkg://no_such_site_pkg: no package "
                                    "'no_such_site_pkg'"]),
+    "search path a config group needs": (["hydra.searchpath=[file:///nonexistent/site]",
+                                          "cluster=mysite"],
+                                         ["hydra.searchpath entry file:///nonexistent/site: "
+                                          "no directory"]),
+    "search path to a package Hydra cannot read": (
+        ["hydra.searchpath=[pkg://mimo_launch]"],  # a namespace package, installed editable
+        ["hydra.searchpath entry pkg://mimo_launch: Hydra cannot read package 'mimo_launch'"]),
 }
 
 

@@ -45,6 +45,7 @@ from ..settings.app_config import (
     conf_dir,
     settings_from_config,
 )
+from ..settings.searchpath import check_command_line
 
 # Flags whose next argument is their value, not an override.
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -263,8 +264,13 @@ def run(args: list[str]) -> int:
     from ..app.interrupts import exit_code, signal_of
 
     args = _compat(args)
-    # a search path entry that is not there: refused in one line (app_config.check_searchpath)
+    # a search path entry that is not there: refused in one line (settings/searchpath.py),
+    # before Hydra composes (a config group from it would seem not to exist)
     warnings.filterwarnings("ignore", message="provider=hydra.searchpath .* is not available")
+    try:
+        check_command_line(_overrides(args))
+    except UsageError as exc:
+        return usage_error(str(exc))
     saved_argv = sys.argv
     AppState.code, AppState.settings, AppState.sweep, AppState.refused = None, None, None, None
     AppState.full_error = os.environ.get("HYDRA_FULL_ERROR")

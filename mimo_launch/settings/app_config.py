@@ -25,6 +25,7 @@ from ..settings.health_config import KNOWN_KEYS as HEALTH_KEYS
 from ..settings.health_config import HealthSettings, health_settings
 from ..settings.hydra_errors import describe
 from ..settings.inert import refuse_inert, refuse_lone_entrypoint_timeout
+from ..settings.searchpath import check_composed
 
 DEVICES = ("auto", "cpu", "cuda")
 PLAN_KEYS = tuple(f.name for f in fields(PlanKeys))
@@ -202,28 +203,6 @@ def overridden(overrides: list[str], key: str) -> list[str]:
     return found
 
 
-def check_searchpath(cfg: DictConfig) -> None:
-    """Every `hydra.searchpath` entry must exist (Hydra skips a missing one silently, and a
-    site's cluster config then seems not to be there): a directory for `file://DIR` or a plain
-    path, an importable package for `pkg://NAME`; UsageError (one line) otherwise."""
-    import importlib.util
-
-    for entry in OmegaConf.select(cfg, "hydra.searchpath", default=None) or []:
-        entry = str(entry)
-        if entry.startswith("pkg://"):
-            name = entry.removeprefix("pkg://").strip("/").replace("/", ".")
-            try:
-                found = bool(name) and importlib.util.find_spec(name) is not None
-            except (ImportError, ValueError):
-                found = False
-            if not found:
-                raise UsageError(f"hydra.searchpath entry {entry}: no package {name!r}")
-            continue
-        path = Path(entry.removeprefix("file://")).expanduser()
-        if not path.is_dir():
-            raise UsageError(f"hydra.searchpath entry {entry}: no directory {path.absolute()}")
-
-
 def health_from(cfg: DictConfig, fault: FaultSpec,
                 overrides: list[str] = ()) -> HealthSettings | None:
     """`check` and the `health` node as HealthSettings (None for check=verify); a slow-rank
@@ -319,7 +298,7 @@ def settings_from_config(composed: DictConfig, run_dir: str | Path | None = None
                  section(cfg.get("fault"), "fault", FAULT_KEYS))
     fault = fault_from(cfg.get("fault"), world)
     plan = plan_from(cfg.get("plan"), world)
-    check_searchpath(cfg)
+    check_composed(cfg)  # hydra.searchpath
     health = health_from(cfg, fault, overrides)
     entrypoint, entrypoint_dir = entrypoint_from(cfg.get("entrypoint"))
     if fault.phase == ENTRYPOINT_PHASE and fault.active and not entrypoint:
