@@ -238,7 +238,10 @@ def plan_from(node, world_size: int) -> PlanOptions:
     ranks = data.get("rank")
     ranks = [] if ranks is None else ranks if isinstance(ranks, list) else [ranks]
     for rank in ranks:
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        if isinstance(rank, bool) or not isinstance(rank, int):
+            raise UsageError(f"plan.rank={rank!r} is not an integer (a rank of the world "
+                             f"[0, {world_size}), or a list of them)")
+        if not 0 <= rank < world_size:
             raise UsageError(f"plan.rank={rank!r} is not a rank of the world [0, {world_size})")
     gpus = data.get("gpus_per_node")
     if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1):
