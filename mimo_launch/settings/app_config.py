@@ -183,9 +183,8 @@ def section(node, name: str, known: tuple[str, ...]) -> dict:
     return data
 
 
-def fault_from(node, world_size: int) -> FaultSpec:
-    """The `fault` node as a FaultSpec valid for `world_size` ranks."""
-    data = section(node, "fault", FAULT_KEYS)
+def fault_from(data: dict, world_size: int) -> FaultSpec:
+    """The `fault` section (`section`) as a FaultSpec valid for `world_size` ranks."""
     try:
         return FaultSpec(**data).validate(world_size)
     except ValueError as exc:
@@ -232,9 +231,8 @@ class PlanOptions:
     picture: bool = True
 
 
-def plan_from(node, world_size: int) -> PlanOptions:
-    """The `plan` node, checked against a world of `world_size` ranks."""
-    data = section(node, "plan", PLAN_KEYS)
+def plan_from(data: dict, world_size: int) -> PlanOptions:
+    """The `plan` section (`section`), checked against a world of `world_size` ranks."""
     ranks = data.get("rank")
     ranks = [] if ranks is None else ranks if isinstance(ranks, list) else [ranks]
     for rank in ranks:
@@ -297,10 +295,11 @@ def settings_from_config(composed: DictConfig, run_dir: str | Path | None = None
                              f"{list(expected.module_parallelisms)} differ from the layout's "
                              f"{list(layout.module_parallelisms)}")
     overrides = list(OmegaConf.select(cfg, "hydra.overrides.task", default=None) or [])
-    refuse_inert(cfg, section(cfg.get("plan"), "plan", PLAN_KEYS),
-                 section(cfg.get("fault"), "fault", FAULT_KEYS))
-    fault = fault_from(cfg.get("fault"), world)
-    plan = plan_from(cfg.get("plan"), world)
+    plan_data = section(cfg.get("plan"), "plan", PLAN_KEYS)
+    fault_data = section(cfg.get("fault"), "fault", FAULT_KEYS)
+    refuse_inert(cfg, plan_data, fault_data)
+    fault = fault_from(fault_data, world)
+    plan = plan_from(plan_data, world)
     check_composed(cfg)  # hydra.searchpath
     health = health_from(cfg, fault, overrides)
     entrypoint, entrypoint_dir = entrypoint_from(cfg.get("entrypoint"))
