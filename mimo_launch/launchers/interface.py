@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..settings.app_config import LaunchSettings, check_health_memory
+from ..settings.app_config import LaunchSettings, check_health_memory, gpu_count
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,6 @@ def check_local(settings: LaunchSettings) -> None:
                          f"{settings.world_size}")
     check_health_memory(settings, settings.world_size)
     if settings.device == "cuda":
-        from ..settings.app_config import gpu_count
-
         gpus = gpu_count()
         if gpus < settings.world_size:
             raise UsageError(f"the layout needs {settings.world_size} GPUs (one per rank) but "

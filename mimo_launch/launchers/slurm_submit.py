@@ -89,8 +89,6 @@ def srun_args(cluster) -> list[str]:
     return args + _as_list(cluster.get("srun_args"))
 
 
-
-
 def warning_signal_s(time_min: int) -> int:
     """Seconds before the time limit at which Slurm signals the tasks (`WARNING_SIGNAL`):
     submitit's 90 s, but at most a quarter of the limit."""

@@ -3,7 +3,7 @@ from its settings (`rank_job`). No torch here: the CLI makes the spec before any
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..mimo_config import MimoParallelismConfig
@@ -59,12 +59,10 @@ class RankJob:
 def rank_job(settings: LaunchSettings, device: str | None = None) -> RankJob:
     """The spec of the run `settings` describe; `device` ('cpu' or 'cuda') where the launcher
     resolved it itself (Slurm, torchrun: `settings.device` may be 'auto' there)."""
-    job = RankJob(layout=settings.layout, world_size=settings.world_size,
-                  run_dir=str(settings.run_dir), timeout_s=settings.timeout_s,
-                  device=settings.device, expected=settings.expected,
-                  fault=settings.fault, entrypoint=settings.entrypoint,
-                  entrypoint_dir=settings.entrypoint_dir,
-                  entrypoint_timeout_s=settings.entrypoint_timeout_s,
-                  health=settings.health,
-                  verify_against=settings.config.get("verify_against") or None)
-    return job if device is None else replace(job, device=device)
+    return RankJob(layout=settings.layout, world_size=settings.world_size,
+                   run_dir=str(settings.run_dir), timeout_s=settings.timeout_s,
+                   device=settings.device if device is None else device,
+                   expected=settings.expected, fault=settings.fault,
+                   entrypoint=settings.entrypoint, entrypoint_dir=settings.entrypoint_dir,
+                   entrypoint_timeout_s=settings.entrypoint_timeout_s, health=settings.health,
+                   verify_against=settings.config.get("verify_against") or None)

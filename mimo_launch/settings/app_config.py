@@ -22,7 +22,7 @@ from ..settings.conf_files import conf_dir
 from ..settings.config_keys import FaultKeys, PlanKeys, check_keys
 from ..settings.config_schema import SchemaError, check_cluster, strict_bool
 from ..settings.health_config import KNOWN_KEYS as HEALTH_KEYS
-from ..settings.health_config import HealthSettings, health_settings
+from ..settings.health_config import HealthSettings, check_memory, health_settings
 from ..settings.hydra_errors import describe
 from ..settings.inert import refuse_inert, refuse_lone_entrypoint_timeout
 from ..settings.searchpath import check_composed
@@ -316,8 +316,6 @@ def settings_from_config(composed: DictConfig, run_dir: str | Path | None = None
 def check_health_memory(settings: LaunchSettings, ranks: int) -> None:
     """check=health on CPU: the buffers of `ranks` ranks on this machine must fit its memory
     (`health_config.check_memory`); UsageError (one line) otherwise."""
-    from ..settings.health_config import check_memory
-
     try:
         check_memory(settings.health, "nccl" if settings.device == "cuda" else "gloo", ranks)
     except ValueError as exc:
