@@ -99,25 +99,21 @@ def slurm_rank(env=None) -> SlurmRank:
                      master_addr=first_node(nodes), master_port=master_port(job_id))
 
 
-def export_env(me: SlurmRank) -> None:
-    """torchrun-style variables for anything downstream; inherited values are replaced."""
-    os.environ.update(MASTER_ADDR=me.master_addr, MASTER_PORT=str(me.master_port),
-                      RANK=str(me.rank), WORLD_SIZE=str(me.world_size),
-                      LOCAL_RANK=str(me.local_rank))
-
-
 def run_task(job) -> int:
     """Run this Slurm task as rank SLURM_PROCID of `job` (a RankJob); return run_rank's code.
 
     Raises on failure, like run_rank. The allocation must have `job.world_size` tasks.
     """
+    from .rank.rank_runner import rank_environment
     from .rank.task_entry import log_to_rank_file, run_rank_task
 
     me = slurm_rank()
     if me.world_size != job.world_size:
         raise RuntimeError(f"the job has {me.world_size} tasks but the layout's world size is "
                            f"{job.world_size}")
-    export_env(me)
+    # torchrun's variables (inherited values replaced)
+    os.environ.update(rank_environment(me.rank, me.world_size, me.local_rank, me.master_addr,
+                                       me.master_port))
     log_to_rank_file(Path(job.run_dir), me.rank)
     # Slurm's time-limit warning (WARNING_SIGNAL; USR2 where a site sends submitit's own, whose
     # handler would end a task that cannot checkpoint): logged, no more. The limit itself still

@@ -24,9 +24,10 @@ def layout(**modules) -> MimoParallelismConfig:
     return short_layout(modules)
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run `mimo-launch ARGS` in `cwd`; CI=1 keeps the output plain."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def run_cli(*args: str, cwd: Path, timeout: float = 240,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `mimo-launch ARGS` in `cwd`, with `env` added to the environment."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([str(MIMO_LAUNCH), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

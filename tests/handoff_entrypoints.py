@@ -33,6 +33,16 @@ def record_groups(ctx):
     (ctx.run_dir / f"handed{ctx.rank}.txt").write_text(f"{ctx.world_size} {sums}")
 
 
+def record_environment(ctx):
+    """Write the torchrun variables this rank's environment holds."""
+    import json
+    import os
+
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    (ctx.run_dir / f"env{ctx.rank}.json").write_text(
+        json.dumps({k: os.environ.get(k) for k in names}))
+
+
 def exit_0_on_rank_0(ctx):
     """Rank 0 leaves with exit code 0 while the others are still inside the entry point."""
     import os

@@ -69,6 +69,21 @@ def test_each_rank_gets_its_verified_collections_and_the_run_directory(tmp_path)
 
 
 @pytest.mark.timeout(120)
+def test_each_local_rank_has_torchruns_variables_not_the_shells(tmp_path):
+    # a shell's stale WORLD_SIZE would size HyperCommGrid's grids (it reads the environment
+    # first): each rank's own replaces it
+    run_dir = tmp_path / "run"
+    proc = run_cli(f"entrypoint={FAULTS}:record_environment", f"hydra.run.dir={run_dir}",
+                   cwd=REPO, env={"WORLD_SIZE": "3", "RANK": "9", "LOCAL_RANK": "9"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = [json.loads((run_dir / f"env{rank}.json").read_text()) for rank in range(8)]
+    assert [(e["RANK"], e["WORLD_SIZE"], e["LOCAL_RANK"]) for e in seen] == \
+        [(str(rank), "8", str(rank)) for rank in range(8)]
+    assert {(e["MASTER_ADDR"], e["MASTER_PORT"]) for e in seen} == \
+        {("127.0.0.1", seen[0]["MASTER_PORT"])} and int(seen[0]["MASTER_PORT"]) > 0
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("function,rank,words", [
     ("raise_on_rank_3", 3, "raised ValueError: rank 3 refuses"),
     ("hang_on_rank_5", 5, "did not return within 3s (entrypoint_timeout_s)"),

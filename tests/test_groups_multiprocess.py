@@ -107,7 +107,7 @@ def test_presets_pass_verification(name, tmp_path):
     report = launch_local(RankJob(cfg, world, str(tmp_path), timeout_s=60))
     assert report.passed, report.mismatches[:5] or report.failure
     assert report.exit_code == 0 and report.mismatches == []
-    assert set(report.timings) == {"init", "grids", "embedding", "verification"}
+    assert set(report.timings) == {"init", "grids", "embedding", "verify"}
     assert len(report.hosts) == world and (tmp_path / "report.json").exists()
 
 
@@ -128,6 +128,17 @@ def test_the_verifier_fails_on_another_layout(tmp_path):
     assert found[(2, "stage", "stage")]["actual"] == {"first": False, "last": True}
     assert (0, "tp", "members") not in found  # TP groups are the same in both layouts
     assert all(m["module"] == "language" for m in report.mismatches)
+
+
+def test_a_rank_refuses_a_world_size_variable_of_another_world(monkeypatch):
+    # HyperCommGrid sizes its grids by the environment's WORLD_SIZE before the world's own
+    from mimo_launch.rank.rank_runner import init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(RuntimeError, match="WORLD_SIZE=3 in this rank's environment, but the "
+                                           "world has 8 ranks"):
+        init_distributed(0, 8, "gloo", 5, store=None)
+    assert not dist.is_initialized()
 
 
 @pytest.mark.timeout(120)

@@ -51,7 +51,7 @@ def test_a_rank_that_hangs_in_teardown_is_named_within_the_timeout_and_the_verdi
         ("teardown", [6], [])
     assert report["failure"].startswith("phase 'teardown': rank(s) 6 did not end within 3s of "
                                         "entering phase 'teardown'; stopped")
-    assert set(report["timings"]) == {"init", "grids", "embedding", "verification"}
+    assert set(report["timings"]) == {"init", "grids", "embedding", "verify"}
     assert _wait_gone(run_dir) == []
 
 

@@ -150,7 +150,7 @@ def test_a_rank_hung_in_teardown_is_stopped_and_named_not_left_to_the_time_limit
         ("teardown", [6], []), report
     assert report["failure"].startswith(f"phase 'teardown': rank(s) 6 did not end within "
                                         f"{timeout_s}s of entering phase 'teardown'; stopped")
-    assert set(report["timings"]) == {"init", "grids", "embedding", "verification"}
+    assert set(report["timings"]) == {"init", "grids", "embedding", "verify"}
     job_id = _job_id(proc.stdout)
     assert final_state(job_id)[0] == "FAILED"
     assert _gone(job_id, run_dir)

@@ -32,7 +32,7 @@ from ..rank.phases import (
     teardown_failure,
     teardown_overdue,
 )
-from ..rank.rank_runner import RankJob, run_rank
+from ..rank.rank_runner import RankJob, rank_environment, run_rank
 from ..reports.report import Report, failure_report, read_report, write_report
 from ..settings.app_config import LaunchSettings
 
@@ -70,6 +70,7 @@ def _child(world_size: int, rank: int, port_fd: int, log: Path, timeout_s: float
         reset_in_child()
         _die_with_parent()
         (port,) = struct.unpack("!I", os.read(port_fd, 4))
+        os.environ.update(rank_environment(rank, world_size, rank, "127.0.0.1", port))
         store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False,
                               timeout=timedelta(seconds=timeout_s))
         code = body(rank, store)

@@ -47,25 +47,33 @@ def tcp_store(rank: int, world_size: int, host: str, port: int, timeout_s: float
                          timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
 
 
+def rank_environment(rank: int, world_size: int, local_rank: int, master_addr: str,
+                     master_port: int) -> dict[str, str]:
+    """The variables torchrun gives a worker. Every launcher puts them in its ranks'
+    environment (torchrun itself, `slurm_task.run_task`, the local launcher's forks) for the
+    user's entry point and for megatron-core's HyperCommGrid, which takes WORLD_SIZE from the
+    environment before torch.distributed's world size (`init_distributed` checks they agree)."""
+    return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(local_rank),
+            "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)}
+
+
 def init_distributed(rank: int, world_size: int, backend: str, timeout_s: float, store,
                      local_rank: int = 0) -> None:
     """Join the world through `store`; with nccl, bind to GPU `local_rank` first.
 
     `timeout_s` bounds the collectives of the default group; the builder is given it too.
+    Raises RuntimeError where the environment's WORLD_SIZE (`rank_environment`) is another
+    world's: HyperCommGrid would size every grid by it.
     """
+    stated = os.environ.get("WORLD_SIZE")
+    if stated is not None and stated != str(world_size):
+        raise RuntimeError(f"WORLD_SIZE={stated} in this rank's environment, but the world has "
+                           f"{world_size} ranks: HyperCommGrid would size its grids by it")
     timeout = timedelta(seconds=timeout_s)
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
-    os.environ["WORLD_SIZE"] = str(world_size)  # HyperCommGrid reads it
-    os.environ["RANK"] = str(rank)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                             timeout=timeout)
-
-
-def report_timings(tracker: PhaseTracker) -> dict[str, float]:
-    """Seconds per phase completed so far, under the report's names ('verify' is
-    'verification'), for passing and failing runs alike."""
-    return {("verification" if k == "verify" else k): v for k, v in tracker.timings.items()}
 
 
 def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
@@ -109,7 +117,7 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
         raise
     report = Report(
         passed=verdict.passed, world_size=job.world_size, backend=job.backend,
-        mismatches=[vars(m) for m in verdict.mismatches], timings=report_timings(tracker),
+        mismatches=[vars(m) for m in verdict.mismatches], timings=dict(tracker.timings),
         modules=module_summary(layout), hosts=verdict.hosts,
         new_group_calls=groups.new_group_calls, member_new_group_calls=groups.member_calls,
         entrypoint=job.entrypoint, skipped_checks=verdict.skipped,
@@ -123,7 +131,7 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
             fail(exc)
             raise
         if rank == 0:
-            report.timings = report_timings(tracker)
+            report.timings = dict(tracker.timings)
             write_report(Path(job.run_dir), report)
     if verdict.passed and function is not None:
         context = EntrypointContext(rank, job.world_size, Path(job.run_dir), layout, checked)
@@ -134,7 +142,7 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
             fail(exc)
             raise
         if rank == 0:
-            report.timings = report_timings(tracker)
+            report.timings = dict(tracker.timings)
             report.entrypoint_finished = True
             write_report(Path(job.run_dir), report)
     with tracker.teardown(on_teardown_overdue):
@@ -156,5 +164,5 @@ def _write_failure(job: RankJob, tracker: PhaseTracker, exc: BaseException) -> N
     report = read_report(run_dir) if after_verify else None
     ranks = getattr(exc, "missing", None) or ([0] if after_verify else [])
     report = failure_report(job, report, str(exc), tracker.current, ranks)
-    report.timings = report_timings(tracker)
+    report.timings = dict(tracker.timings)
     write_report(run_dir, report)
