@@ -19,6 +19,18 @@ EXIT_TEARDOWN_OVERDUE = 124
 EXIT_BROKEN_PIPE = 141
 
 
+# Bad input, exit 2: a UsageError, mimo_config's MimoConfigError or a value check's ValueError
+# (all three are ValueErrors). Every place that validates catches this one type, and
+# `message_of` gives its line; the command maps it to the error's `exit_code` (2).
+BadInput = ValueError
+
+
+def message_of(exc: BaseException) -> tuple[str, str | None]:
+    """(the one line a user sees for bad input `exc`, its hint line or None)."""
+    lines = str(exc).splitlines()
+    return (lines[0] if lines else type(exc).__name__), getattr(exc, "hint", None)
+
+
 class UsageError(ValueError):
     """Bad input that is not a layout rule (unknown key, bad override, missing GPU...): one
     line for the user, exit `exit_code` (2); nothing has started."""

@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(found, int):
         return found
     settings, device = found
-    if settings.cluster.get("launcher") != "torchrun":
+    if settings.cluster.launcher != "torchrun":
         if me.rank == 0:
-            print(f"{PROG}: error: cluster={settings.cluster.get('name')} is not a torchrun "
+            print(f"{PROG}: error: cluster={settings.cluster.name} is not a torchrun "
                   f"cluster (use cluster=torchrun, or one with launcher: torchrun)",
                   file=sys.stderr, flush=True)
         return EXIT_USAGE

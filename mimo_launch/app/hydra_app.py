@@ -35,10 +35,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from ..app.hydra_job import PROG, AppState, prepare, usage_error, with_hydra
+from ..app.hydra_job import PROG, AppState, prepare, refuse, usage_error, with_hydra
 from ..app.sweep import Point, Sweep, check_subdir
-from ..errors import EXIT_USAGE
-from ..mimo_config import MimoConfigError
+from ..errors import EXIT_USAGE, BadInput, message_of
 from ..settings.app_config import (
     LaunchSettings,
     UsageError,
@@ -111,7 +110,7 @@ class LaunchCallback(Callback):
         try:
             settings = _validated(config)
             prepared = prepare(settings)
-        except (UsageError, MimoConfigError, ValueError) as exc:
+        except BadInput as exc:
             AppState.refused = exc
         else:
             AppState.settings = prepared
@@ -158,8 +157,7 @@ def task(cfg: DictConfig) -> int:
                 raise _Refused()
             AppState.code = _sweep_point(cfg)
         elif AppState.refused is not None:
-            refused = AppState.refused
-            AppState.code = usage_error(str(refused), getattr(refused, "hint", None))
+            AppState.code = refuse(AppState.refused)
         else:
             AppState.code = _execute(AppState.settings or _single(cfg))
     except BrokenPipeError:
@@ -174,7 +172,7 @@ def _single(cfg: DictConfig) -> LaunchSettings:
     in Hydra's run directory, which Hydra has already made."""
     try:
         return prepare(_validated(with_hydra(cfg), HydraConfig.get().runtime.output_dir))
-    except (UsageError, MimoConfigError, ValueError) as exc:
+    except BadInput as exc:
         AppState.refused = exc
         raise _Refused() from None
 
@@ -186,7 +184,7 @@ def _unverified(settings: LaunchSettings) -> str | None:
 
     if settings.config.mode == "plan":
         return PLANNED
-    if settings.config.get("dry_run") and settings.cluster.get("launcher") == "slurm":
+    if settings.config.get("dry_run") and settings.cluster.launcher == "slurm":
         return DRY_RUN
     return None
 
@@ -208,9 +206,9 @@ def _sweep_point(cfg: DictConfig) -> int:
     try:
         AppState.sweep.point_dir(hc.runtime.output_dir)
         settings = prepare(_validated(with_hydra(cfg), hc.runtime.output_dir))
-    except (UsageError, MimoConfigError, ValueError) as exc:
-        error = str(exc)
-        code = usage_error(error, getattr(exc, "hint", None))
+    except BadInput as exc:
+        error = message_of(exc)[0]
+        code = refuse(exc)
     else:
         point.run_dir = str(settings.run_dir)
         unverified = _unverified(settings)
@@ -270,7 +268,7 @@ def run(args: list[str]) -> int:
     try:
         check_command_line(_overrides(args))
     except UsageError as exc:
-        return usage_error(str(exc))
+        return refuse(exc)
     saved_argv = sys.argv
     AppState.code, AppState.settings, AppState.sweep, AppState.refused = None, None, None, None
     AppState.full_error = os.environ.get("HYDRA_FULL_ERROR")
@@ -301,13 +299,13 @@ def run(args: list[str]) -> int:
 
         AppState.release_stderr()
         code = usage_error(*describe(exc, _overrides(args)))
-    except (UsageError, MimoConfigError, ValueError) as exc:
+    except BadInput as exc:
         AppState.release_stderr()
-        code = usage_error(str(exc).splitlines()[0], getattr(exc, "hint", None))
+        code = refuse(exc)
     except _BrokenPipe:
         raise BrokenPipeError() from None
     except _Refused:
-        code = usage_error(str(AppState.refused), getattr(AppState.refused, "hint", None))
+        code = refuse(AppState.refused)
     except KeyboardInterrupt as exc:
         AppState.release_stderr()
         if AppState.settings is not None:  # a single run's directory is claimed: report.json

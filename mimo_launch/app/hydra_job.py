@@ -11,7 +11,7 @@ from omegaconf import DictConfig, open_dict
 
 from ..app.launch import claim_output
 from ..app.sweep import Sweep
-from ..errors import EXIT_USAGE
+from ..errors import EXIT_USAGE, message_of
 from ..settings.app_config import LaunchSettings
 
 PROG = "mimo-launch"
@@ -43,6 +43,13 @@ def usage_error(message: str, hint: str | None = None) -> int:
     if hint:
         print(f"{PROG}: hint: {hint}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def refuse(exc: BaseException) -> int:
+    """Print bad input `exc` (`errors.BadInput`) as its one line and hint; return its exit code
+    (`exit_code`, EXIT_USAGE where it carries none)."""
+    usage_error(*message_of(exc))
+    return getattr(exc, "exit_code", EXIT_USAGE)
 
 
 def prepare(settings: LaunchSettings) -> LaunchSettings:

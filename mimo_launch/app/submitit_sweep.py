@@ -33,8 +33,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict, read_write
 
-from ..errors import EXIT_FAILURE
-from ..mimo_config import MimoConfigError
+from ..errors import EXIT_FAILURE, BadInput, message_of
 from ..settings.app_config import UsageError, settings_from_config
 
 PLUGIN_TARGET = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
@@ -86,12 +85,12 @@ def launcher_params(settings, given: dict) -> dict:
     from ..launchers import slurm_submit as submit
 
     alloc = submit.allocation(settings)
-    if settings.cluster.get("python"):
+    if settings.cluster.python:
         raise UsageError(f"cluster.python={settings.cluster.python}: with hydra/launcher="
                          f"submitit_slurm the tasks run this interpreter; leave it null")
     submit.check_paths(settings)
     cluster = settings.cluster
-    ours = {key: cluster.get(ckey) for key, ckey in MANAGED.items()}
+    ours = {key: getattr(cluster, ckey) for key, ckey in MANAGED.items()}
     ours.update(nodes=alloc.nodes, tasks_per_node=alloc.tasks_per_node,
                 gpus_per_node=alloc.gpus_per_node or None, timeout_min=alloc.time_min)
     for key in given.get("_explicit", ()):
@@ -103,14 +102,15 @@ def launcher_params(settings, given: dict) -> dict:
                     f"{nodes * tasks} tasks but the layout's world size is "
                     f"{settings.world_size}: leave them out (they come from the layout and "
                     f"cluster.*)")
-            raise UsageError(f"hydra.launcher.{key}={given.get(key)} but cluster.{MANAGED[key]}"
-                             f"={cluster.get(MANAGED[key])}: set cluster.{MANAGED[key]} instead")
+            name = MANAGED[key]
+            raise UsageError(f"hydra.launcher.{key}={given.get(key)} but cluster.{name}"
+                             f"={getattr(cluster, name)}: set cluster.{name} instead")
     params = {k: v for k, v in given.items() if k != "_explicit"}
     params.update(ours, submitit_folder=str(submit.submitit_folder(settings)),
-                  name=str(cluster.get("job_name") or "mimo-launch"),
+                  name=cluster.job_name,
                   setup=submit.setup_lines(cluster), srun_args=submit.srun_args(cluster),
                   **submit.warning_params(alloc.time_min, given.get("additional_parameters")))
-    if cluster.get("exclusive"):
+    if cluster.exclusive:
         params["exclusive"] = True
     return params
 
@@ -144,7 +144,7 @@ def launch_points(launcher, job_overrides, initial_job_idx: int, plugin_launch) 
 
 
 def _point(launcher, num: int, overrides: list[str], given: dict, plugin_launch) -> int:
-    from ..app.hydra_job import PROG, AppState, prepare, usage_error
+    from ..app.hydra_job import PROG, AppState, prepare, refuse
     from ..app.sweep import Point
 
     start, error = time.monotonic(), None
@@ -164,9 +164,9 @@ def _point(launcher, num: int, overrides: list[str], given: dict, plugin_launch)
         settings = prepare(settings)
         if settings.run_dir != out:
             raise UsageError(f"{out} holds an earlier run: give another hydra.sweep.dir")
-    except (UsageError, MimoConfigError, ValueError) as exc:
-        error = str(exc).splitlines()[0]
-        code = usage_error(error, getattr(exc, "hint", None))
+    except BadInput as exc:
+        error = message_of(exc)[0]
+        code = refuse(exc)
     else:
         point.run_dir = str(settings.run_dir)
         code = _submit(launcher, overrides, num, settings, plugin_launch)

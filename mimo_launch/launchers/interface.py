@@ -37,12 +37,12 @@ class Launcher:
 
 def check_local(settings: LaunchSettings) -> None:
     """The ranks this machine will start must be the layout's world (and fit its GPUs)."""
-    limit = settings.cluster.get("max_ranks")
+    limit = settings.cluster.max_ranks
     if limit is not None and settings.world_size > limit:
         raise UsageError(f"cluster=local starts one process per rank: {settings.world_size} ranks "
                          f"exceed cluster.max_ranks={limit} (mode=plan shows the layout; run it "
                          f"on a cluster)")
-    nproc = settings.cluster.get("nproc")
+    nproc = settings.cluster.nproc
     if nproc is not None and nproc != settings.world_size:
         raise UsageError(f"cluster.nproc={nproc} ranks but the layout's world size is "
                          f"{settings.world_size}")
@@ -79,7 +79,7 @@ LAUNCHERS = {
 
 def launcher_for(settings: LaunchSettings) -> Launcher:
     """The launcher `cluster.launcher` names; UsageError for any other value."""
-    name = settings.cluster.get("launcher")
+    name = settings.cluster.launcher
     if name not in LAUNCHERS:
         raise UsageError(f"cluster.launcher must be one of {', '.join(LAUNCHERS)}, got {name!r}")
     return LAUNCHERS[name]

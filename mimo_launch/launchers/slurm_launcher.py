@@ -101,7 +101,7 @@ def follow_and_report(job, job_id: str, files: JobFiles, settings: LaunchSetting
     record = json.loads(record_path.read_text())
     report = read_report(files.run_dir) if record.get("concluded") else None
     if report is None:  # not concluded yet: follow the job (at once if it has ended)
-        followed = follow(job_id, files.run_dir, settings.cluster.get("pending_timeout_min"),
+        followed = follow(job_id, files.run_dir, settings.cluster.pending_timeout_min,
                           interrupted)
     with held(lasting=True):  # the job has ended: its report is written and printed whole
         if report is None:

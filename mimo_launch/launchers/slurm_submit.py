@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..settings.app_config import DEVICES, LaunchSettings, UsageError
+from ..settings.config_schema import SlurmCluster
 from ..slurm_task import WARNING_SIGNAL
 
 # Characters a run directory may hold on Slurm. sbatch and srun expand `%` in --output/--error
@@ -37,8 +38,8 @@ def allocation(settings: LaunchSettings) -> Allocation:
     """The allocation the cluster config asks for; UsageError unless it fits the layout.
     Types and ranges were checked with the config (`config_schema.SlurmCluster`)."""
     cluster, world = settings.cluster, settings.world_size
-    gpus = cluster.get("gpus_per_node") or 0
-    tasks = cluster.get("tasks_per_node")
+    gpus = cluster.gpus_per_node
+    tasks = cluster.tasks_per_node
     if tasks is None:
         if not gpus:
             raise UsageError("cluster.tasks_per_node is not set and cluster.gpus_per_node=0: "
@@ -47,7 +48,7 @@ def allocation(settings: LaunchSettings) -> Allocation:
     if gpus and tasks != gpus:
         raise UsageError(f"cluster.tasks_per_node={tasks} but cluster.gpus_per_node={gpus}: "
                          f"each task drives one GPU (its local rank), so they must be equal")
-    nodes = cluster.get("nodes")
+    nodes = cluster.nodes
     if nodes is None:
         if world % tasks:
             raise UsageError(f"the layout's world size {world} is not a multiple of "
@@ -65,28 +66,22 @@ def allocation(settings: LaunchSettings) -> Allocation:
     return Allocation(nodes, tasks, gpus, device, cluster.time_min)
 
 
-def _as_list(value) -> list[str]:
-    return [str(v) for v in value or []]
-
-
-def setup_lines(cluster) -> list[str]:
+def setup_lines(cluster: SlurmCluster) -> list[str]:
     """The batch script's lines before srun: `cluster.setup`, then `export` of `cluster.env`."""
-    env = cluster.get("env") or {}
-    return _as_list(cluster.get("setup")) + [
-        f"export {key}={shlex.quote(str(value))}" for key, value in env.items()]
+    return list(cluster.setup) + [
+        f"export {key}={shlex.quote(str(value))}" for key, value in cluster.env.items()]
 
 
-def srun_args(cluster) -> list[str]:
+def srun_args(cluster: SlurmCluster) -> list[str]:
     """srun flags: kill the step when a task fails, the pyxis container, then `srun_args`."""
     args = ["--kill-on-bad-exit=1"]
-    if cluster.get("container_image"):
+    if cluster.container_image:
         args.append(f"--container-image={cluster.container_image}")
-    mounts = _as_list(cluster.get("container_mounts"))
-    if mounts:
-        args.append(f"--container-mounts={','.join(mounts)}")
-    if cluster.get("container_workdir"):
+    if cluster.container_mounts:
+        args.append(f"--container-mounts={','.join(cluster.container_mounts)}")
+    if cluster.container_workdir:
         args.append(f"--container-workdir={cluster.container_workdir}")
-    return args + _as_list(cluster.get("srun_args"))
+    return args + list(cluster.srun_args)
 
 
 def warning_signal_s(time_min: int) -> int:
@@ -111,22 +106,22 @@ def make_executor(settings: LaunchSettings, alloc: Allocation):
     cluster = settings.cluster
     folder = submitit_folder(settings)
     try:
-        executor = SlurmExecutor(folder=folder, python=cluster.get("python"))
+        executor = SlurmExecutor(folder=folder, python=cluster.python)
     except RuntimeError:  # submitit looks for srun
         raise UsageError("srun not found: run mimo-launch cluster=... on a Slurm login node, "
                          "or use cluster=local") from None
-    params = dict(job_name=str(cluster.get("job_name") or "mimo-launch"), nodes=alloc.nodes,
+    params = dict(job_name=cluster.job_name, nodes=alloc.nodes,
                   ntasks_per_node=alloc.tasks_per_node, time=alloc.time_min,
                   setup=setup_lines(cluster), srun_args=srun_args(cluster),
                   **warning_params(alloc.time_min))
     for key in ("partition", "account", "qos", "cpus_per_task"):
-        if cluster.get(key) is not None:
-            params[key] = cluster.get(key)
+        if getattr(cluster, key) is not None:
+            params[key] = getattr(cluster, key)
     if alloc.gpus_per_node:
         params["gpus_per_node"] = alloc.gpus_per_node
-    if cluster.get("mem_gb") is not None:
+    if cluster.mem_gb is not None:
         params["mem"] = cluster.mem_gb
-    if cluster.get("exclusive"):
+    if cluster.exclusive:
         params["exclusive"] = True
     try:
         executor.update_parameters(**params)
@@ -137,7 +132,7 @@ def make_executor(settings: LaunchSettings, alloc: Allocation):
 
 def submitit_folder(settings: LaunchSettings) -> Path:
     """Where submitit keeps the job's pickles and batch logs, inside the run directory."""
-    return settings.run_dir / str(settings.cluster.get("submitit_dir") or "submitit")
+    return settings.run_dir / settings.cluster.submitit_dir
 
 
 def check_paths(settings: LaunchSettings) -> None:
@@ -151,14 +146,13 @@ def check_paths(settings: LaunchSettings) -> None:
         raise UsageError(f"hydra.run.dir {settings.run_dir} holds {bad!r}, which Slurm cannot "
                          f"take: {what}; use letters, digits and {''.join(sorted(_PATH_SAFE))}")
     cluster = settings.cluster
-    image = cluster.get("container_image")
+    image = cluster.container_image
     if not image:
         return
-    image = str(image)
     if image.endswith(_IMAGE_FILES) and not image.startswith("/"):
         raise UsageError(f"cluster.container_image={image} is a relative path: pyxis takes it "
                          f"for a registry image name; give the absolute path of the file")
-    for mount in _as_list(cluster.get("container_mounts")):
+    for mount in cluster.container_mounts:
         src, _, rest = mount.partition(":")
         dst = rest.split(":")[0] or src
         if src == dst and _under(settings.run_dir, src):

@@ -35,11 +35,11 @@ def check_plan_size(world_size: int) -> None:
 
 def ranks_per_node(cluster, override=None) -> int:
     """Ranks (GPUs) per node: `override`, else the cluster's `gpus_per_node`, else its
-    `tasks_per_node`, else 8 (a local run)."""
+    `tasks_per_node` (a Slurm cluster's, `config_schema.SlurmCluster`), else 8 (a local run)."""
     if override:
         return int(override)
     for key in ("gpus_per_node", "tasks_per_node"):
-        value = cluster.get(key) if cluster is not None else None
+        value = getattr(cluster, key, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return DEFAULT_RANKS_PER_NODE

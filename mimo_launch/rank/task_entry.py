@@ -21,7 +21,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from ..errors import EXIT_FAILURE, EXIT_USAGE
+from ..errors import EXIT_FAILURE, EXIT_USAGE, BadInput, message_of
 
 
 def gpu_index(local_rank: int) -> int:
@@ -55,8 +55,7 @@ def task_settings(prog: str, is_rank0: bool, overrides: list[str], tasks, starte
 
     SIGTERM is held meanwhile: the first task to refuse makes srun or torchrun stop the others,
     and rank 0 must still finish composing and say why instead of dying silently."""
-    from ..mimo_config import MimoConfigError
-    from ..settings.app_config import UsageError, load_settings
+    from ..settings.app_config import load_settings
 
     def usage(message: str) -> int:
         if is_rank0:
@@ -72,8 +71,8 @@ def task_settings(prog: str, is_rank0: bool, overrides: list[str], tasks, starte
             from ..settings.app_config import check_health_memory
 
             check_health_memory(replace(settings, device=device), ranks_on_node)
-    except (UsageError, MimoConfigError, ValueError) as exc:
-        return usage(str(exc))
+    except BadInput as exc:
+        return usage(message_of(exc)[0])
     finally:
         signal.signal(signal.SIGTERM, previous)
     if str(settings.world_size) != str(tasks):

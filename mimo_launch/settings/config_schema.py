@@ -85,6 +85,8 @@ class TorchrunCluster:
 
 
 SCHEMAS = {"slurm": SlurmCluster, "local": LocalCluster, "torchrun": TorchrunCluster}
+# The cluster section past validation: an instance of its launcher's schema.
+ClusterSettings = SlurmCluster | LocalCluster | TorchrunCluster
 
 
 def strict_bool(value, name: str) -> bool:
@@ -149,3 +151,10 @@ def check_cluster(node: DictConfig) -> DictConfig:
             raise SchemaError(f"cluster.{key} must be {_bounded(spec, hints[key])}, "
                               f"got {value!r}")
     return OmegaConf.create(OmegaConf.to_container(merged, resolve=False))
+
+
+def cluster_settings(node: DictConfig) -> ClusterSettings:
+    """A `cluster` node that passed `check_cluster`, as an instance of its launcher's schema
+    (typed attributes, the schema's defaults filled in)."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SCHEMAS[node.launcher]),
+                                               node))
