@@ -143,6 +143,11 @@ CASES = {
                                   "mode=plan starts no rank"]),
     "fault in a plan": (["mode=plan", "fault.kill_rank=3", "fault.phase=grids"],
                         ["fault.kill_rank=3 acts in a run only"]),
+    "dry run of a plan, on Slurm too": (["mode=plan", "cluster=local_slurm", "dry_run=true"],
+                                        ["dry_run=true acts in a run only",
+                                         "mode=plan starts no rank"]),
+    "no wait in a plan": (["mode=plan", "cluster=local_slurm", "wait=false"],
+                          ["wait=false acts in a run only"]),
     "dry run of a local run": (["dry_run=true"], ["dry_run=true acts on Slurm only: "
                                                   "cluster=local runs the ranks itself"]),
     "no wait on a local run": (["wait=false"], ["wait=false acts on Slurm only"]),

@@ -132,6 +132,8 @@ def test_plan_groups_agree_with_the_oracle():
     ("plan.rank=8", "plan.rank=8 is not a rank of the world [0, 8)"),
     ("plan.rank=abc", "plan.rank='abc'"),
     ('plan.rank="3"', "plan.rank='3' is not an integer (a rank of the world [0, 8)"),
+    ("plan.rank=true", "plan.rank=true is not an integer"),
+    ("plan.rank=[]", "plan.rank=[] names no rank"),
     ("plan.gpus_per_node=0", "plan.gpus_per_node must be a positive integer, got 0"),
     ("+plan.colour=red", "plan: unknown key(s) colour"),
 ])

@@ -20,11 +20,17 @@ from ..mimo_config import SHORT_KEYS, MimoConfigError, MimoParallelismConfig, sh
 from ..rank.phases import ENTRYPOINT_PHASE, HEALTH_PHASE, FaultSpec
 from ..settings.conf_files import conf_dir
 from ..settings.config_keys import FaultKeys, PlanKeys, check_keys
-from ..settings.config_schema import SchemaError, check_cluster, strict_bool
+from ..settings.config_schema import (
+    ClusterSettings,
+    SchemaError,
+    check_cluster,
+    cluster_settings,
+    strict_bool,
+)
 from ..settings.health_config import KNOWN_KEYS as HEALTH_KEYS
 from ..settings.health_config import HealthSettings, check_memory, health_settings
 from ..settings.hydra_errors import describe
-from ..settings.inert import refuse_inert, refuse_lone_entrypoint_timeout
+from ..settings.inert import override_text, refuse_inert, refuse_lone_entrypoint_timeout
 from ..settings.searchpath import check_composed
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -66,16 +72,19 @@ def layout_from(node: DictConfig) -> MimoParallelismConfig:
     return short_layout(modules, tokens)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LaunchSettings:
-    """Everything the launchers need, validated."""
+    """Everything the launchers need, validated; made once (`settings_from_config`), then
+    changed only by copy (`dataclasses.replace`)."""
 
     layout: MimoParallelismConfig  # every DP resolved
     world_size: int
-    device: str  # 'cpu' or 'cuda'
+    # 'cpu' or 'cuda'; as given ('auto' too) where the ranks' own nodes decide (Slurm,
+    # torchrun: `task_entry.task_device`) or nothing runs (mode=plan)
+    device: str
     timeout_s: float
     run_dir: Path
-    cluster: DictConfig
+    cluster: ClusterSettings  # the cluster section, typed by its launcher's schema
     config: DictConfig  # the whole composed config, for launchers that need more
     expected: MimoParallelismConfig | None = None  # verify against this layout instead
     fault: FaultSpec = field(default_factory=FaultSpec)
@@ -234,13 +243,17 @@ class PlanOptions:
 def plan_from(data: dict, world_size: int) -> PlanOptions:
     """The `plan` section (`section`), checked against a world of `world_size` ranks."""
     ranks = data.get("rank")
+    if ranks == []:
+        raise UsageError(f"plan.rank=[] names no rank: give a rank of the world "
+                         f"[0, {world_size}) or a list of them, or leave plan.rank out")
     ranks = [] if ranks is None else ranks if isinstance(ranks, list) else [ranks]
     for rank in ranks:
         if isinstance(rank, bool) or not isinstance(rank, int):
-            raise UsageError(f"plan.rank={rank!r} is not an integer (a rank of the world "
+            shown = override_text(rank) if isinstance(rank, bool) else repr(rank)  # 'a' text
+            raise UsageError(f"plan.rank={shown} is not an integer (a rank of the world "
                              f"[0, {world_size}), or a list of them)")
         if not 0 <= rank < world_size:
-            raise UsageError(f"plan.rank={rank!r} is not a rank of the world [0, {world_size})")
+            raise UsageError(f"plan.rank={rank} is not a rank of the world [0, {world_size})")
     gpus = data.get("gpus_per_node")
     if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1):
         raise UsageError(f"plan.gpus_per_node must be a positive integer, got {gpus!r}")
@@ -309,7 +322,8 @@ def settings_from_config(composed: DictConfig, run_dir: str | Path | None = None
                                          "entrypoint_timeout_s")
     refuse_lone_entrypoint_timeout(cfg)
     run_dir = Path(cfg.hydra.run.dir if run_dir is None else run_dir).expanduser().absolute()
-    return LaunchSettings(layout, world, device, timeout_s, run_dir, cfg.cluster, cfg, expected,
+    return LaunchSettings(layout, world, device, timeout_s, run_dir, cluster_settings(cfg.cluster),
+                          cfg, expected,
                           fault, plan, entrypoint, entrypoint_dir, entrypoint_timeout_s, health)
 
 

@@ -3,7 +3,8 @@ line, exit 2), wherever they come from: the command line, a preset or a site's o
 
 A value counts as set when it differs from its key's default (`config_keys`). The rules:
 - `plan.*` acts in mode=plan only;
-- mode=plan starts no rank: `verify_against` and `fault.*` act in a run only;
+- mode=plan starts no rank and submits nothing: `verify_against`, `fault.*`, `dry_run` and
+  `wait=false` act in a run only (on any cluster);
 - `dry_run` and `wait=false` act on Slurm only (cluster=local starts the ranks here);
 - `entrypoint_timeout_s` acts on an `entrypoint`.
 (`health.*` without check=health: `app_config.health_from`.) A fault's own settings without
@@ -23,17 +24,22 @@ from ..settings.config_keys import AppKeys, FaultKeys, PlanKeys
 _DEFAULT = AppKeys()
 
 
-def _text(value) -> str:
+def override_text(value) -> str:
     """A value as one writes it in an override: true/false, null, 3, grids, [0, 9]."""
     if isinstance(value, bool):
         return str(value).lower()
     return "null" if value is None else str(value)
 
 
+def _set(cfg: DictConfig, key: str) -> bool:
+    """The top-level `key` of `cfg` differs from its default (`config_keys.AppKeys`)."""
+    return cfg.get(key, getattr(_DEFAULT, key)) != getattr(_DEFAULT, key)
+
+
 def changed(data: dict, keys: type, prefix: str) -> list[str]:
     """`prefix.key=value` for each key of the schema `keys` whose value in `data` is not its
     default, in the schema's order."""
-    return [f"{prefix}.{f.name}={_text(data[f.name])}" for f in fields(keys)
+    return [f"{prefix}.{f.name}={override_text(data[f.name])}" for f in fields(keys)
             if f.name in data and data[f.name] != f.default]
 
 
@@ -47,7 +53,8 @@ def refuse_inert(cfg: DictConfig, plan: dict, fault: dict) -> None:
         raise UsageError(f"{plan_set[0]} acts in mode=plan only: add mode=plan")
     if cfg.get("mode") == "plan":
         run_only = [f"verify_against={cfg.verify_against}"] if cfg.get("verify_against") else []
-        run_only += fault_set
+        run_only += fault_set + [f"{key}={override_text(cfg.get(key))}"
+                                 for key in ("dry_run", "wait") if _set(cfg, key)]
         if run_only:
             raise UsageError(f"{run_only[0]} acts in a run only, and mode=plan starts no rank: "
                              f"drop one of them")
@@ -55,8 +62,8 @@ def refuse_inert(cfg: DictConfig, plan: dict, fault: dict) -> None:
     if launcher != "slurm":
         advice = {"dry_run": "mode=plan starts nothing", "wait": "and waits for them"}
         for key in ("dry_run", "wait"):
-            if cfg.get(key, getattr(_DEFAULT, key)) != getattr(_DEFAULT, key):
-                raise UsageError(f"{key}={_text(cfg.get(key))} acts on Slurm only: "
+            if _set(cfg, key):
+                raise UsageError(f"{key}={override_text(cfg.get(key))} acts on Slurm only: "
                                  f"cluster={launcher} runs the ranks itself "
                                  f"({advice[key]})")
 
@@ -64,8 +71,6 @@ def refuse_inert(cfg: DictConfig, plan: dict, fault: dict) -> None:
 def refuse_lone_entrypoint_timeout(cfg: DictConfig) -> None:
     """`entrypoint_timeout_s` without an `entrypoint` (checked once its value is: a bad value
     is named as such first)."""
-    if not cfg.get("entrypoint") and \
-            cfg.get("entrypoint_timeout_s", _DEFAULT.entrypoint_timeout_s) != \
-            _DEFAULT.entrypoint_timeout_s:
-        raise UsageError(f"entrypoint_timeout_s={_text(cfg.entrypoint_timeout_s)} acts on an "
-                         f"entrypoint only: add entrypoint=pkg.module:function")
+    if not cfg.get("entrypoint") and _set(cfg, "entrypoint_timeout_s"):
+        raise UsageError(f"entrypoint_timeout_s={override_text(cfg.entrypoint_timeout_s)} acts "
+                         f"on an entrypoint only: add entrypoint=pkg.module:function")
