@@ -107,7 +107,8 @@ CASES = {
     "gpus negative": (["cluster=local_slurm", "cluster.gpus_per_node=-1"],
                       ["cluster.gpus_per_node must be an integer >= 0", "got -1"]),
     "unknown cluster key": (["cluster=local_slurm", "+cluster.nodez=2"],
-                            ["unknown key 'nodez'", "cluster.launcher=slurm"]),
+                            ["unknown key 'cluster.nodez' for cluster.launcher=slurm (did you "
+                             "mean 'cluster.nodes'?)"]),
     "relative image file": (["cluster=local_slurm", "cluster.container_image=img.sqsh",
                              "cluster.container_mounts=[/tmp:/tmp]"],
                             ["cluster.container_image=img.sqsh is a relative path",

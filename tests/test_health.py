@@ -233,7 +233,7 @@ def test_the_health_buffers_must_fit_the_memory_of_the_machines_ranks():
      "fault.slow_factor must be a number >= 1, got 0.5"),
     (["fault.kill_rank=3", "fault.phase=health"],
      "fault.phase=health needs check=health (no health phase otherwise)"),
-    (["check=health", "+health.colour=red"], "health: unknown key(s) colour"),
+    (["check=health", "+health.colour=red"], "unknown key 'health.colour' (known: sizes"),
     (["check=health", "health.sizes=[5]"], "health.sizes: 5 is below the floor of 64KiB"),
     (["check=health", "health.sizes=[65538]"],
      "health.sizes: 65538 is not a multiple of 4 bytes (whole float32 elements)"),

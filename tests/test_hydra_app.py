@@ -165,7 +165,7 @@ def test_sigterm_after_a_points_verdict_keeps_it_and_stops_the_sweep(tmp_path):
     ("mimo.modules.language.tpp=2", ["'mimo.modules.language.tpp'",
                                      "did you mean 'mimo.modules.language.tp'?"]),
     ("+mimo.modules.language.tpp=2", ["module 'language'", "'tpp'", "did you mean 'tp'?"]),
-    ("+fault.phse=grids", ["fault: unknown key(s) phse", "did you mean 'phase'?"]),
+    ("+fault.phse=grids", ["unknown key 'fault.phse' (did you mean 'fault.phase'?)"]),
     ("fault.phase=bogus", ["fault.phase must be one of", "'bogus'"]),
 ])
 def test_an_unknown_key_is_refused_with_the_closest_one(override, fragments, tmp_path):

@@ -135,7 +135,7 @@ def test_plan_groups_agree_with_the_oracle():
     ("plan.rank=true", "plan.rank=true is not an integer"),
     ("plan.rank=[]", "plan.rank=[] names no rank"),
     ("plan.gpus_per_node=0", "plan.gpus_per_node must be a positive integer, got 0"),
-    ("+plan.colour=red", "plan: unknown key(s) colour"),
+    ("+plan.colour=red", "unknown key 'plan.colour' (known: rank, gpus_per_node, picture)"),
 ])
 def test_bad_plan_input_exits_2_with_one_line_and_no_run_dir(override, fragment, tmp_path):
     out = tmp_path / "plan"

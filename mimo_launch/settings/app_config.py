@@ -26,6 +26,7 @@ from ..settings.config_schema import (
     check_cluster,
     cluster_settings,
     strict_bool,
+    unknown_key_message,
 )
 from ..settings.health_config import KNOWN_KEYS as HEALTH_KEYS
 from ..settings.health_config import HealthSettings, check_memory, health_settings
@@ -185,10 +186,9 @@ def section(node, name: str, known: tuple[str, ...]) -> dict:
     if node is not None and not isinstance(node, DictConfig):
         raise UsageError(f"{name} must be a mapping of {', '.join(known)}, got {node!r}")
     data = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    unknown = sorted(set(data) - set(known))
+    unknown = [key for key in data if key not in known]
     if unknown:
-        raise UsageError(f"{name}: unknown key(s) {', '.join(unknown)} "
-                         f"(known: {', '.join(known)})")
+        raise UsageError(unknown_key_message(f"{name}.{unknown[0]}", known, others=unknown[1:]))
     return data
 
 

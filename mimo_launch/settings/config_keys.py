@@ -11,12 +11,11 @@ launcher (`config_schema.SCHEMAS`), checked by `config_schema.check_cluster`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..settings.config_schema import SCHEMAS, SchemaError
+from ..settings.config_schema import SCHEMAS, SchemaError, closest, unknown_key_message
 
 
 @dataclass
@@ -88,20 +87,6 @@ class AppKeys:
     cluster: Any = None  # one schema per launcher: config_schema.SCHEMAS
 
 
-def closest(key: str, known: Iterable[str]) -> str | None:
-    """The known key closest to `key` (difflib, ratio >= 0.6), or None."""
-    matches = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    return matches[0] if matches else None
-
-
-def unknown_key_message(path: str, key: str, known: Iterable[str]) -> str:
-    """One line: `path` (the full dotted key) is not a key; the closest of `known`, or all."""
-    known = list(known)
-    near = closest(key, known)
-    hint = f"did you mean '{near}'?" if near else f"known: {', '.join(known)}"
-    return f"unknown key '{path}' ({hint})"
-
-
 def _fields(schema) -> dict[str, Any]:
     return {f.name: f.type for f in dataclasses.fields(schema)}
 
@@ -122,14 +107,9 @@ def check_keys(data: Mapping) -> None:
 def _check(data: Mapping, schema, prefix: str) -> None:
     fields = _fields(schema)
     unknown = [str(key) for key in data if key not in fields]
-    if unknown and not prefix:
-        raise SchemaError(unknown_key_message(unknown[0], unknown[0], fields))
-    if unknown:  # a section: every unknown key of it, as app_config.section says them
-        near = [(key, closest(key, fields)) for key in unknown]
-        hints = [(f"{key}: " if len(unknown) > 1 else "") + f"did you mean '{match}'?"
-                 for key, match in near if match]
-        raise SchemaError(f"{prefix[:-1]}: unknown key(s) {', '.join(unknown)} "
-                          f"({'; '.join(hints) or 'known: ' + ', '.join(fields)})")
+    if unknown:
+        raise SchemaError(unknown_key_message(f"{prefix}{unknown[0]}", fields,
+                                              others=unknown[1:]))
     for key, value in data.items():
         path = f"{prefix}{key}"
         nested = _dataclass_of(fields[key])
@@ -145,10 +125,7 @@ def _check_module(name: str, spec: Mapping) -> None:
     known = _fields(ModuleKeys)
     for key in spec:
         if key not in known:
-            near = closest(str(key), known)
-            hint = f"did you mean '{near}'?" if near else f"known: {', '.join(known)}"
-            raise SchemaError(f"module '{name}': unknown key '{key}' "
-                              f"(mimo.modules.{name}.{key}; {hint})")
+            raise SchemaError(unknown_key_message(f"mimo.modules.{name}.{key}", known))
 
 
 def suggest_for_path(path: str) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,28 @@ SCHEMAS = {"slurm": SlurmCluster, "local": LocalCluster, "torchrun": TorchrunClu
 ClusterSettings = SlurmCluster | LocalCluster | TorchrunCluster
 
 
+def closest(key: str, known: Iterable[str]) -> str | None:
+    """The known key closest to `key` (difflib, ratio >= 0.6), or None."""
+    matches = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def unknown_key_message(path: str, known: Iterable[str], where: str = "",
+                        others: Iterable[str] = ()) -> str:
+    """The one line for every unknown key: `unknown key 'plan.rnak' (did you mean
+    'plan.rank'?)`. `path`: the full dotted key; `known`: the keys at its place (the closest
+    is named by its full path, else all are listed); `where`: words after the key; `others`:
+    more unknown keys at the same place, named after it."""
+    known = [str(k) for k in known]
+    parent, _, key = path.rpartition(".")
+    prefix = parent + "." if parent else ""
+    near = closest(key, known)
+    hint = f"did you mean '{prefix}{near}'?" if near else f"known: {', '.join(known)}"
+    more = ", ".join(f"'{prefix}{other}'" for other in others)
+    return (f"unknown key '{path}'{' ' + where if where else ''} ({hint})"
+            + (f"; also unknown: {more}" if more else ""))
+
+
 def strict_bool(value, name: str) -> bool:
     """`value` as a bool: True/False, 1/0, or true/false, yes/no, 1/0 in any case."""
     if isinstance(value, bool):
@@ -137,10 +160,8 @@ def check_cluster(node: DictConfig) -> DictConfig:
     except OmegaConfBaseException as exc:
         key = str(exc.full_key or exc.key or "?")
         if key not in fields:
-            near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
-            hint = f"did you mean '{near[0]}'?" if near else f"known: {', '.join(fields)}"
-            raise SchemaError(f"cluster: unknown key {key!r} for cluster.launcher={launcher} "
-                              f"({hint})") from None
+            raise SchemaError(unknown_key_message(f"cluster.{key}", fields,
+                                                  f"for cluster.launcher={launcher}")) from None
         raise SchemaError(f"cluster.{key} must be {_bounded(fields[key], hints[key])}, "
                           f"got {data.get(key)!r}") from None
     for key, spec in fields.items():
