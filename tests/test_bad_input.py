@@ -137,6 +137,10 @@ CASES = {
     "mimo removed": (["mode=plan", "~mimo"], ["no key 'mimo'", "~mimo", "required"]),
     "cluster removed": (["mode=plan", "~cluster"], ["no key 'cluster'", "required"]),
     "timeout removed": (["mode=plan", "~timeout_s"], ["no key 'timeout_s'", "required"]),
+    "a null key removed": (["mode=plan", "~plan.rank"],
+                           ["~plan.rank: nothing to remove", "leave ~plan.rank out"]),
+    "a misspelt key removed": (["mode=plan", "~plan.rnk"],
+                               ["unknown key 'plan.rnk' (did you mean 'plan.rank'?)"]),
     # a setting that would silently do nothing
     "plan setting in a run": (["plan.rank=3"], ["plan.rank=3 acts in mode=plan only"]),
     "verify_against in a plan": (["mode=plan", "verify_against=colocated_8"],

@@ -13,6 +13,8 @@ import re
 
 _NUMBERED = re.compile(r"^\d+\.\s+")
 _NOT_IN_STRUCT = re.compile(r"^Could not override '([^']+)'\.")
+# `~key` where the key is null or absent (Hydra says "does not exist" for both)
+_NOT_DELETABLE = re.compile(r"^Could not delete from config\. '([^']+)' does not exist\.")
 
 
 def describe(exc: BaseException, overrides: list[str]) -> tuple[str, str | None]:
@@ -75,7 +77,7 @@ def one_line(message: str, overrides: list[str] | None = None) -> str:
 
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     first = lines[0] if lines else "invalid overrides"
-    missing = _NOT_IN_STRUCT.match(first)
+    missing = _NOT_IN_STRUCT.match(first) or _NOT_DELETABLE.match(first)
     if "Available options in" in message:
         idx = next(i for i, ln in enumerate(lines) if ln.startswith("Available options in"))
         options = []
@@ -93,6 +95,10 @@ def one_line(message: str, overrides: list[str] | None = None) -> str:
         first = (f"unknown key '{path}' (did you mean "
                  f"'{path.rsplit('.', 1)[0] + '.' if '.' in path else ''}"
                  f"{suggest_for_path(path)}'?)")
+    elif missing and missing.re is _NOT_DELETABLE:
+        path = missing.group(1)
+        first = (f"~{path}: nothing to remove ('{path}' has no value: it is null, or not a key "
+                 f"of the config); leave ~{path} out")
     elif len(lines) > 1 and lines[1].startswith("To append"):
         first += f" (unknown key; {lines[1][0].lower()}{lines[1][1:]})"
     elif len(lines) > 1 and first.startswith("Error parsing override"):
