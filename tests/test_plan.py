@@ -40,6 +40,27 @@ def test_every_preset_plans_without_starting_anything(preset, tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_a_signal_while_the_plan_is_drawn_says_the_picture_is_not_written(tmp_path):
+    import signal
+
+    from conftest import MIMO_LAUNCH
+
+    out = tmp_path / "plan"
+    proc = subprocess.Popen([str(MIMO_LAUNCH), "mode=plan", "mimo=large_16k",
+                             f"hydra.run.dir={out}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # the plan is printed before the picture is drawn
+        if "nothing started" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stdout + stderr
+    assert "plan.png not written (interrupted while drawing); the plan above is complete" in \
+        stderr and "mimo-launch: interrupted (SIGTERM)" in stderr
+    assert not (out / "plan.png").exists()
+
+
+@pytest.mark.timeout(60)
 def test_plan_text_matches_the_oracle_for_vlm_16():
     cfg, world = _preset("vlm_16")
     plan = make_plan(cfg, world, ranks_per_node=8)

@@ -56,14 +56,20 @@ def _draw(plan: Plan, stem: Path, **kw) -> list[Path]:
 
 
 def run_plan(settings: LaunchSettings) -> int:
-    """Print the plan (and draw it unless `plan.picture=false`); start nothing; return 0."""
+    """Print the plan (and draw it unless `plan.picture=false`); start nothing; return 0.
+    An interrupt while drawing says the picture was not written, then propagates."""
     plan = plan_for(settings)
     print(format_plan(plan, list(settings.plan.ranks)), flush=True)
     if settings.plan.picture:
         start = time.perf_counter()
-        paths = _draw(plan, settings.run_dir / PLAN_STEM,
-                      title=f"plan: {settings.world_size} ranks, {plan.nodes} node(s) x "
-                            f"{plan.ranks_per_node} GPUs")
+        try:
+            paths = _draw(plan, settings.run_dir / PLAN_STEM,
+                          title=f"plan: {settings.world_size} ranks, {plan.nodes} node(s) x "
+                                f"{plan.ranks_per_node} GPUs")
+        except KeyboardInterrupt:
+            print(f"mimo-launch: {PLAN_STEM}.png not written (interrupted while drawing); the "
+                  f"plan above is complete", file=sys.stderr, flush=True)
+            raise
         if paths:
             print(f"rank map: {paths[0]} (and .svg; {time.perf_counter() - start:.1f}s)")
     return 0
