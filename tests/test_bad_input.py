@@ -106,6 +106,20 @@ CASES = {
                                 ["cluster.exclusive must be true or false", "'often'"]),
     "gpus negative": (["cluster=local_slurm", "cluster.gpus_per_node=-1"],
                       ["cluster.gpus_per_node must be an integer >= 0", "got -1"]),
+    "a list in a list of strings": (["cluster=local_slurm", "cluster.setup=[a,[b]]"],
+                                    ["cluster.setup must be a list of strings, got"]),
+    "a null env value": (["cluster=local_slurm", "+cluster.env.Z=null"],
+                         ["cluster.env.Z must be a string or a number, got null"]),
+    "an env variable that is not set": (
+        ["cluster=local_slurm", "cluster.job_name=${oc.env:MIMO_TEST_NOT_SET}"],
+        ["cluster.job_name=${oc.env:MIMO_TEST_NOT_SET}: cannot resolve it",
+         "'MIMO_TEST_NOT_SET' not found"]),
+    "submitit folder outside the run directory": (
+        ["cluster=local_slurm", "cluster.submitit_dir=../up"],
+        ["cluster.submitit_dir must be a folder inside the run directory", "'../up'"]),
+    "a plan on nodes a run refuses": (
+        ["mode=plan", "cluster=local_slurm", "cluster.gpus_per_node=2"],
+        ["cluster.tasks_per_node=4 but cluster.gpus_per_node=2"]),
     "unknown cluster key": (["cluster=local_slurm", "+cluster.nodez=2"],
                             ["unknown key 'cluster.nodez' for cluster.launcher=slurm (did you "
                              "mean 'cluster.nodes'?)"]),

@@ -341,6 +341,20 @@ def test_dry_run_prints_the_sbatch_script_and_submits_nothing(slurm_cluster, clu
 
 
 @pytest.mark.slurm
+@pytest.mark.timeout(60)
+def test_dry_run_script_carries_gigabytes_and_resolved_values(slurm_cluster, tmp_path):
+    """sbatch reads a bare --mem as megabytes; an interpolation in the cluster section is
+    resolved in the whole config; an env flag is exported as written in YAML."""
+    proc = _cli("cluster=local_slurm", "dry_run=true", "cluster.mem_gb=16",
+                "cluster.job_name=${cluster.name}-${cluster.partition}", "+cluster.env.FLAG=true",
+                "+cluster.env.N=3", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for line in ("#SBATCH --mem=16G\n", "#SBATCH --job-name=local_slurm-debug\n",
+                 "export FLAG=true\n", "export N=3\n"):
+        assert line in proc.stdout, proc.stdout
+
+
+@pytest.mark.slurm
 @pytest.mark.timeout(200)
 def test_health_stage_runs_through_slurm_and_names_the_slow_rank(slurm_cluster, tmp_path):
     run_dir = tmp_path / "run"

@@ -55,13 +55,18 @@ _PACKAGE_MISSING = re.compile(r"package '[^']*' not found in config")
 
 
 def _validated(config: DictConfig, output_dir: str | None = None) -> LaunchSettings:
-    """`settings_from_config`, with a key the composed config lacks (removed with `~key`) as a
-    UsageError (one line), not OmegaConf's error."""
-    from omegaconf.errors import OmegaConfBaseException
+    """`settings_from_config`, with OmegaConf's errors as a UsageError (one line): a value
+    whose interpolation cannot be resolved, or a key the composed config lacks (removed with
+    `~key`)."""
+    from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
     try:
         return (settings_from_config(config) if output_dir is None
                 else settings_from_config(config, output_dir))
+    except InterpolationResolutionError as exc:
+        reason = str(exc).splitlines()[0]
+        raise UsageError(f"{exc.full_key or 'a value'}: cannot resolve its interpolation "
+                         f"({reason})") from None
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or str(exc).splitlines()[0]
         raise UsageError(f"the config has no key '{key}' (was it removed with ~{key}?); "

@@ -53,11 +53,17 @@ def refuse(exc: BaseException) -> int:
 
 
 def prepare(settings: LaunchSettings) -> LaunchSettings:
-    """Check what the launcher needs and claim the run directory (UsageError, ValueError)."""
+    """Check what the launcher needs and claim the run directory (UsageError, ValueError).
+    A plan on a Slurm cluster's nodes (no `plan.gpus_per_node`) checks the allocation as a
+    run would (`slurm_submit.allocation`): it lays the ranks out on those nodes."""
     if settings.config.mode == "plan":
         from ..layout.plan import check_plan_size
 
         check_plan_size(settings.world_size)
+        if settings.cluster.launcher == "slurm" and settings.plan.gpus_per_node is None:
+            from ..launchers.slurm_submit import allocation
+
+            allocation(settings)
     return claim_output(settings)
 
 

@@ -119,8 +119,8 @@ def make_executor(settings: LaunchSettings, alloc: Allocation):
             params[key] = getattr(cluster, key)
     if alloc.gpus_per_node:
         params["gpus_per_node"] = alloc.gpus_per_node
-    if cluster.mem_gb is not None:
-        params["mem"] = cluster.mem_gb
+    if cluster.mem_gb is not None:  # sbatch --mem: megabytes without a unit; 0: all of it
+        params["mem"] = f"{cluster.mem_gb}G" if cluster.mem_gb else "0"
     if cluster.exclusive:
         params["exclusive"] = True
     try:

@@ -16,9 +16,10 @@ import difflib
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
@@ -139,10 +140,51 @@ def _bounded(spec, kind) -> str:
     return _describe(kind, spec.metadata.get("min"), spec.metadata.get("above"))
 
 
+def _resolved(node: DictConfig) -> dict:
+    """`node`'s values, each interpolation resolved in the whole config (`${cluster.name}`,
+    `${oc.env:USER}`); SchemaError naming the key whose interpolation fails."""
+    raw = OmegaConf.to_container(node, resolve=False)
+    data = {}
+    for key in raw:
+        try:
+            value = node[key]
+            data[key] = (OmegaConf.to_container(value, resolve=True)
+                         if isinstance(value, DictConfig | ListConfig) else value)
+        except OmegaConfBaseException as exc:
+            reason = str(exc).splitlines()[0]
+            raise SchemaError(f"cluster.{key}={raw[key]}: cannot resolve it ({reason})") from None
+    return data
+
+
+def _scalar(value) -> bool:
+    return isinstance(value, str | int | float)  # bool is an int
+
+
+def _converted(key: str, value, kind):
+    """`value` of the field `key` of type `kind`, as the schema takes it: booleans strictly,
+    one string for a list, an env mapping's booleans as true/false; SchemaError for a list or
+    mapping holding anything but strings and numbers (OmegaConf would let a nested list in)."""
+    if kind is bool:
+        return strict_bool(value, f"cluster.{key}")
+    if typing.get_origin(kind) is list:
+        value = [value] if isinstance(value, str) else value
+        if isinstance(value, list) and not all(_scalar(v) for v in value):
+            raise SchemaError(f"cluster.{key} must be a list of strings, got {value!r}")
+    if typing.get_origin(kind) is dict and isinstance(value, dict):
+        for name, item in value.items():
+            if not _scalar(item):
+                raise SchemaError(f"cluster.{key}.{name} must be a string or a number, got "
+                                  f"{'null' if item is None else repr(item)}")
+        value = {name: str(item).lower() if isinstance(item, bool) else item
+                 for name, item in value.items()}
+    return value
+
+
 def check_cluster(node: DictConfig) -> DictConfig:
-    """`node` (the composed `cluster`) checked against its launcher's schema; returns a plain
-    DictConfig of the converted values. Raises SchemaError (one line)."""
-    data = OmegaConf.to_container(node, resolve=False)
+    """`node` (the composed `cluster`, inside its config) checked against its launcher's
+    schema; returns a plain DictConfig of the resolved, converted values. Raises SchemaError
+    (one line)."""
+    data = _resolved(node)
     launcher = data.get("launcher")
     if launcher not in SCHEMAS:
         raise SchemaError(f"cluster.launcher must be one of {', '.join(SCHEMAS)}, "
@@ -151,10 +193,13 @@ def check_cluster(node: DictConfig) -> DictConfig:
     fields = {f.name: f for f in dataclasses.fields(schema)}
     hints = typing.get_type_hints(schema)
     for key, value in data.items():
-        if key in fields and hints[key] is bool:
-            data[key] = strict_bool(value, f"cluster.{key}")
-        elif key in fields and typing.get_origin(hints[key]) is list and isinstance(value, str):
-            data[key] = [value]
+        if key in fields:
+            data[key] = _converted(key, value, hints[key])
+    folder = data.get("submitit_dir")
+    if isinstance(folder, str) and (PurePosixPath(folder).is_absolute()
+                                    or ".." in PurePosixPath(folder).parts):
+        raise SchemaError(f"cluster.submitit_dir must be a folder inside the run directory (a "
+                          f"relative path without '..'), got {folder!r}")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), data)
     except OmegaConfBaseException as exc:
