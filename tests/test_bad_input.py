@@ -10,7 +10,8 @@ VISION_DP3 = ("mimo.modules.vision.dp=3", "mimo.modules.language.rank_offset=6",
 
 CASES = {
     "missing language": (["~mimo.modules.language"], ["no module named 'language'", "'vision'"]),
-    "unknown module key (+)": (["+mimo.modules.language.foo=1"], ["'language'", "foo"]),
+    "unknown module key (+)": (["+mimo.modules.language.foo=1"],
+                               ["unknown key 'mimo.modules.language.foo' (known: tp, "]),
     "unknown module key": (["mimo.modules.language.foo=1"], ["mimo.modules.language.foo"]),
     "tp zero": (["mimo.modules.language.tp=0"], ["'language'", "(TP)", ">= 1, got 0"]),
     "pp negative": (["mimo.modules.language.pp=-1"], ["'language'", "(PP)", "got -1"]),

@@ -164,7 +164,8 @@ def test_sigterm_after_a_points_verdict_keeps_it_and_stops_the_sweep(tmp_path):
     ("+timeout=5", ["unknown key 'timeout'", "did you mean 'timeout_s'?"]),
     ("mimo.modules.language.tpp=2", ["'mimo.modules.language.tpp'",
                                      "did you mean 'mimo.modules.language.tp'?"]),
-    ("+mimo.modules.language.tpp=2", ["module 'language'", "'tpp'", "did you mean 'tp'?"]),
+    ("+mimo.modules.language.tpp=2", ["unknown key 'mimo.modules.language.tpp' (did you mean "
+                                      "'mimo.modules.language.tp'?)"]),
     ("+fault.phse=grids", ["unknown key 'fault.phse' (did you mean 'fault.phase'?)"]),
     ("fault.phase=bogus", ["fault.phase must be one of", "'bogus'"]),
 ])
@@ -183,8 +184,9 @@ def test_a_misspelt_cluster_key_is_refused_with_the_closest_one(prefix, tmp_path
     proc = run_cli("cluster=local_slurm", f"{prefix}cluster.partiton=gpu", cwd=tmp_path,
                    timeout=50)
     line = _one_error_line(proc)
-    assert "'partiton'" in line or "'cluster.partiton'" in line, line
-    assert "did you mean" in line and "partition'?" in line, line
+    # the same form with or without +
+    assert line.startswith("mimo-launch: error: unknown key 'cluster.partiton'"), line
+    assert "(did you mean 'cluster.partition'?)" in line, line
 
 
 @pytest.mark.timeout(60)
@@ -233,7 +235,8 @@ def test_a_site_cluster_config_in_its_own_folder(how, tmp_path):
     proc = run_cli(*where, "cluster=mysite", "dry_run=true", f"hydra.run.dir={run_dir}",
                    cwd=tmp_path)
     line = _one_error_line(proc)
-    assert "'partiton'" in line and "did you mean 'partition'?" in line, line
+    assert "unknown key 'cluster.partiton' for cluster.launcher=slurm (did you mean " \
+           "'cluster.partition'?)" in line, line
     assert not run_dir.exists()
 
 
