@@ -8,6 +8,7 @@ raises `UsageError` (or `MimoConfigError`) with one line for the user.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field, fields
@@ -24,7 +25,6 @@ from ..settings.config_schema import (
     ClusterSettings,
     SchemaError,
     check_cluster,
-    cluster_settings,
     strict_bool,
     unknown_key_message,
 )
@@ -249,7 +249,8 @@ def plan_from(data: dict, world_size: int) -> PlanOptions:
     ranks = [] if ranks is None else ranks if isinstance(ranks, list) else [ranks]
     for rank in ranks:
         if isinstance(rank, bool) or not isinstance(rank, int):
-            shown = override_text(rank) if isinstance(rank, bool) else repr(rank)  # 'a' text
+            # true as written; a string in quotes, to show it is one
+            shown = override_text(rank) if isinstance(rank, bool) else repr(rank)
             raise UsageError(f"plan.rank={shown} is not an integer (a rank of the world "
                              f"[0, {world_size}), or a list of them)")
         if not 0 <= rank < world_size:
@@ -282,7 +283,8 @@ def settings_from_config(composed: DictConfig, run_dir: str | Path | None = None
         check_keys(OmegaConf.to_container(
             OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=False))
         with open_dict(cfg):
-            cfg.cluster = check_cluster(cfg.cluster)
+            cluster = check_cluster(cfg.cluster)
+            cfg.cluster = dataclasses.asdict(cluster)  # its values, checked and converted
             for name in ("dry_run", "wait"):
                 cfg[name] = strict_bool(cfg.get(name), name)
     except SchemaError as exc:
@@ -322,8 +324,7 @@ def settings_from_config(composed: DictConfig, run_dir: str | Path | None = None
                                          "entrypoint_timeout_s")
     refuse_lone_entrypoint_timeout(cfg)
     run_dir = Path(cfg.hydra.run.dir if run_dir is None else run_dir).expanduser().absolute()
-    return LaunchSettings(layout, world, device, timeout_s, run_dir, cluster_settings(cfg.cluster),
-                          cfg, expected,
+    return LaunchSettings(layout, world, device, timeout_s, run_dir, cluster, cfg, expected,
                           fault, plan, entrypoint, entrypoint_dir, entrypoint_timeout_s, health)
 
 

@@ -180,10 +180,10 @@ def _converted(key: str, value, kind):
     return value
 
 
-def check_cluster(node: DictConfig) -> DictConfig:
+def check_cluster(node: DictConfig) -> ClusterSettings:
     """`node` (the composed `cluster`, inside its config) checked against its launcher's
-    schema; returns a plain DictConfig of the resolved, converted values. Raises SchemaError
-    (one line)."""
+    schema; returns an instance of that schema (typed attributes, the resolved and converted
+    values, the schema's defaults filled in). Raises SchemaError (one line)."""
     data = _resolved(node)
     launcher = data.get("launcher")
     if launcher not in SCHEMAS:
@@ -216,11 +216,4 @@ def check_cluster(node: DictConfig) -> DictConfig:
                                   or above is not None and value <= above):
             raise SchemaError(f"cluster.{key} must be {_bounded(spec, hints[key])}, "
                               f"got {value!r}")
-    return OmegaConf.create(OmegaConf.to_container(merged, resolve=False))
-
-
-def cluster_settings(node: DictConfig) -> ClusterSettings:
-    """A `cluster` node that passed `check_cluster`, as an instance of its launcher's schema
-    (typed attributes, the schema's defaults filled in)."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SCHEMAS[node.launcher]),
-                                               node))
+    return OmegaConf.to_object(merged)
