@@ -12,6 +12,9 @@ from __future__ import annotations
 import re
 
 _NUMBERED = re.compile(r"^\d+\.\s+")
+# "Error merging override cluster.env=[a]", the reason in the exception's cause
+_MERGING = re.compile(r"^Error merging override (\S+)")
+_KINDS = {dict: "a mapping", list: "a list"}
 _NOT_IN_STRUCT = re.compile(r"^Could not override '([^']+)'\.")
 # `~key` where the key is null or absent (Hydra says "does not exist" for both)
 _NOT_DELETABLE = re.compile(r"^Could not delete from config\. '([^']+)' does not exist\.")
@@ -22,10 +25,23 @@ def describe(exc: BaseException, overrides: list[str]) -> tuple[str, str | None]
     raised while composing `overrides`."""
     message = str(exc)
     line = one_line(message, overrides)
+    merging = _MERGING.match(message)
+    if merging and exc.__cause__ is not None:
+        line = f"{merging.group(1)}: {_merge_reason(exc.__cause__)}"
     bad = unparsable(overrides)
     if bad is not None and bad not in line:
         line = f"cannot parse override '{bad}': {line}"
     return line, hint(message)
+
+
+def _merge_reason(cause: BaseException) -> str:
+    """Why OmegaConf could not merge an override's value: a list given for a mapping (or the
+    reverse) in words, else its own first line."""
+    first = str(cause).splitlines()[0]
+    key, target = getattr(cause, "full_key", None), getattr(cause, "object_type", None)
+    if first.startswith("Cannot merge") and key and target in _KINDS:
+        return f"{key} is {_KINDS[target]}, not {_KINDS[list if target is dict else dict]}"
+    return first
 
 
 def _inner_typo(path: str, overrides: list[str] | None) -> tuple[str, str] | None:
