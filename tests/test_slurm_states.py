@@ -127,6 +127,29 @@ def test_collect_reports_a_job_submitted_without_waiting(slurm_cluster, tmp_path
 
 @pytest.mark.slurm
 @pytest.mark.timeout(150)
+def test_collect_uses_the_config_the_job_was_submitted_with(slurm_cluster, tmp_path):
+    """A site's cluster from --config-dir, collected from another directory without it: collect
+    must not compose the config anew (the site's folder is not on its search path)."""
+    site = tmp_path / "site" / "cluster"
+    site.mkdir(parents=True)
+    (site / "mysite.yaml").write_text("defaults: [local_slurm, _self_]\nname: mysite\n"
+                                      "job_name: mysite-job\n")
+    run_dir = tmp_path / "run"
+    proc = _cli("--config-dir", str(tmp_path / "site"), "cluster=mysite", "wait=false",
+                f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    collected = _cli("collect", str(run_dir), cwd=elsewhere, timeout=120)
+    assert collected.returncode == 0, collected.stdout + collected.stderr
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["passed"] and report["world_size"] == 8, report
+    assert "#SBATCH --job-name=mysite-job" in next(
+        (run_dir / "submitit").glob("*_submission.sh")).read_text()
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(150)
 def test_rank_0_leaving_early_with_exit_0_is_the_one_blamed(slurm_cluster, tmp_path):
     run_dir = tmp_path / "run"
     proc = _cli("cluster=local_slurm", "entrypoint=tests.handoff_entrypoints:exit_0_on_rank_0",

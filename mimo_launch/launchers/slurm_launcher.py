@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from ..app.interrupts import describe, exit_code, held, one_run
 from ..compat import sbatch_script
 from ..errors import EXIT_NEVER_STARTED, EXIT_USAGE
@@ -63,6 +65,16 @@ def launch_slurm(settings: LaunchSettings) -> int:
 
     from ..slurm_task import run_task
 
+    # the job's record but its id, made before anything is submitted: a job is never left
+    # running for want of its record
+    record = {"submitit_folder": str(executor.folder),
+              "overrides": [str(o) for o in settings.config.hydra.overrides.task],
+              "world_size": job.world_size, "device": job.device,
+              # as composed (a site's --config-dir or --config-name included), for `collect`
+              "config": OmegaConf.to_container(settings.config, resolve=False,
+                                               enum_to_str=True)}
+    json.dumps(record)  # raises here, before sbatch, should it not serialise
+
     with held() as came:  # a job submitted is recorded, and cancelled if a signal came
         try:
             submitted = executor.submit(run_task, job)
@@ -76,10 +88,8 @@ def launch_slurm(settings: LaunchSettings) -> int:
             print(f"mimo-launch: error: sbatch refused the job: {message}", file=sys.stderr)
             return EXIT_USAGE
         job_id = str(submitted.job_id)
-        (settings.run_dir / JOB_RECORD).write_text(json.dumps({
-            "job_id": job_id, "submitit_folder": str(executor.folder),
-            "overrides": [str(o) for o in settings.config.hydra.overrides.task],
-            "world_size": job.world_size, "device": job.device}, indent=2) + "\n")
+        (settings.run_dir / JOB_RECORD).write_text(
+            json.dumps({"job_id": job_id, **record}, indent=2) + "\n")
         backend = "NCCL on GPUs" if alloc.device == "cuda" else "gloo on CPU"
         print(f"mimo-launch: submitted job {job_id}: {alloc.nodes} node(s) x "
               f"{alloc.tasks_per_node} task(s), {backend}; output in {settings.run_dir}",
@@ -120,16 +130,19 @@ def collect(run_dir: str) -> int:
     write and print its report, and return the run's exit code (2 with one line when the
     directory holds no submitted job)."""
     from ..reports.artifacts import artifacts_after
-    from ..settings.app_config import load_settings
+    from ..settings.app_config import settings_from_config
 
     path = Path(run_dir).expanduser().absolute()
     try:
         record = json.loads((path / JOB_RECORD).read_text())
-        overrides = [o for o in record["overrides"] if not o.startswith("hydra.run.dir=")]
-        settings = load_settings(overrides + [f"hydra.run.dir={path}"])
+        # the config the job was submitted with, not one composed anew: the same site
+        # configs (--config-dir, --config-name) and values, whatever the working directory
+        settings = settings_from_config(OmegaConf.create(record["config"]), path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        reason = "no job.json there (was the job submitted by mimo-launch cluster=...?)" \
-            if isinstance(exc, OSError) else str(exc).splitlines()[0]
+        reason = ("no job.json there (was the job submitted by mimo-launch cluster=...?)"
+                  if isinstance(exc, OSError)
+                  else f"job.json has no {exc} (written by another mimo-launch version?)"
+                  if isinstance(exc, KeyError) else str(exc).splitlines()[0])
         print(f"mimo-launch: error: cannot collect {path}: {reason}", file=sys.stderr)
         return EXIT_USAGE
     job = rank_job(settings, device=record["device"])
