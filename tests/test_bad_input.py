@@ -217,6 +217,14 @@ def test_bad_input_exits_2_with_one_line(name, tmp_path):
     assert not run_dir.exists()
 
 
+def test_a_value_out_of_range_is_shown_as_given():
+    from mimo_launch.settings.app_config import UsageError, load_settings
+
+    with pytest.raises(UsageError, match=r"cluster.pending_timeout_min must be a number > 0 or "
+                                         r"null, got 0$"):  # not 0.0, the float it became
+        load_settings(["cluster=local_slurm", "cluster.pending_timeout_min=0"])
+
+
 def test_boolean_words_are_read_strictly():
     """`dry_run=no` (a string to Hydra) once counted as true: every boolean word means what it
     says, in any case."""

@@ -215,5 +215,5 @@ def check_cluster(node: DictConfig) -> ClusterSettings:
         if value is not None and (least is not None and value < least
                                   or above is not None and value <= above):
             raise SchemaError(f"cluster.{key} must be {_bounded(spec, hints[key])}, "
-                              f"got {value!r}")
+                              f"got {data.get(key)!r}")  # as given: 0, not the float 0.0
     return OmegaConf.to_object(merged)
