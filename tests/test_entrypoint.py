@@ -103,6 +103,8 @@ def test_a_failing_entry_point_is_named_with_its_rank_and_phase(function, rank, 
     assert words in report["failure"]
     assert report["mismatches"] == [] and len(report["hosts"]) == 8  # verification kept
     assert "PASSED, entry point FAILED" in proc.stdout and "did not finish" in proc.stdout
+    # the module rows agree with the verdict line (they said 'checks not run')
+    assert proc.stdout.count("checks passed") == 2 and "not run" not in proc.stdout
     assert elapsed < 30, elapsed
     assert _leftovers(run_dir) == []
 

@@ -38,6 +38,8 @@ TEARDOWN_PHASE = "teardown"
 # whose watchdog thread cannot run (a hang in C++ holding the GIL).
 _ALARM_GRACE_S = 5
 RUN_PHASES = ALL_PHASES + (TEARDOWN_PHASE,)
+# The phases after the verdict: a failure there leaves a passing verification standing.
+AFTER_VERIFY = RUN_PHASES[RUN_PHASES.index("verify") + 1:]
 FAULT_WHERE = ("start", "after_barrier")
 _FAULT_KINDS = ("kill_rank", "hang_rank", "slow_rank")
 

@@ -15,7 +15,7 @@ from ..app.interrupts import exit_code
 from ..checks.health_report import health_lines
 from ..errors import EXIT_FAILURE, EXIT_HEALTH, EXIT_MISMATCH, EXIT_PASSED
 from ..mimo_config import MimoParallelismConfig
-from ..rank.phases import ENTRYPOINT_PHASE, HEALTH_PHASE, TEARDOWN_PHASE
+from ..rank.phases import AFTER_VERIFY, ENTRYPOINT_PHASE, HEALTH_PHASE, TEARDOWN_PHASE
 from ..reports.atomic_file import write_text_atomic
 
 if TYPE_CHECKING:
@@ -144,14 +144,14 @@ def shape_text(shape: dict[str, int]) -> str:
     """A module's sizes as 'TP2 CP1 ETP1 PP2 DP2' (keys in the dict's order)."""
     return " ".join(f"{k.upper()}{v}" for k, v in shape.items())
 
+_AFTER_VERIFY_NAMES = {HEALTH_PHASE: "health stage", ENTRYPOINT_PHASE: "entry point",
+                       TEARDOWN_PHASE: "teardown"}
+
+
 def verdict_line(report: Report) -> str:
     verdict = "PASSED" if report.passed and not report.failure else "FAILED"
-    if report.failed_phase == ENTRYPOINT_PHASE:
-        verdict = "PASSED, entry point FAILED"
-    if report.failed_phase == TEARDOWN_PHASE and not report.mismatches:
-        verdict = "PASSED, teardown FAILED"
-    if report.failed_phase == HEALTH_PHASE and not report.mismatches:
-        verdict = "PASSED, health stage FAILED"
+    if report.failed_phase in AFTER_VERIFY and not report.mismatches:
+        verdict = f"PASSED, {_AFTER_VERIFY_NAMES[report.failed_phase]} FAILED"
     against = (f", verified against preset {report.verify_against} (verify_against)"
                if report.verify_against else "")
     return (f"mimo-launch verification {verdict}: world size {report.world_size}, "
@@ -160,9 +160,8 @@ def verdict_line(report: Report) -> str:
 
 def module_checks(report: Report) -> dict[str, dict[str, int]]:
     """Per module, the number of mismatches of each check; {} when verification never ran."""
-    if report.failure and not report.mismatches and report.failed_phase not in (
-            TEARDOWN_PHASE, HEALTH_PHASE):  # after a passing verification: its checks stand
-        return {}
+    if report.failure and not report.mismatches and report.failed_phase not in AFTER_VERIFY:
+        return {}  # (after a passing verification its checks stand)
     out = {name: dict.fromkeys(CHECKS, 0) for name in report.modules}
     for mm in report.mismatches:
         counts = out.setdefault(mm["module"], dict.fromkeys(CHECKS, 0))
