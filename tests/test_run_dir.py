@@ -103,3 +103,13 @@ def test_dot_is_the_current_directory_and_reports_are_readable_by_others(tmp_pat
     assert not tmp_path.with_name(tmp_path.name + "-2").exists()
     for name in ("report.json", "report.md"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+@pytest.mark.timeout(60)
+def test_a_run_directory_with_dot_dot_is_named_normalised(tmp_path):
+    # `a/../out` is `out`: the paths printed and recorded must say so (they said `/x/a/../out`)
+    proc = run_cli("mode=plan", "plan.picture=true", "hydra.run.dir=a/../out", cwd=tmp_path,
+                   timeout=50)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"rank map: {tmp_path / 'out' / 'plan.png'} " in proc.stdout, proc.stdout
+    assert ".." not in proc.stdout and (tmp_path / "out" / RUN_MARKER).exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..reports.atomic_file import write_text_atomic
 from ..settings.app_config import UsageError
-from ..settings.run_dir import SWEEP_MARKER, holds_a_run, unusable_reason
+from ..settings.run_dir import SWEEP_MARKER, absolute_path, holds_a_run, unusable_reason
 
 # Created with O_EXCL in the sweep directory: "a sweep lives here".
 # Most severe first; an interrupt (128 + signal, e.g. 130) outranks them all.
@@ -79,7 +79,7 @@ class Sweep:
     def claim(cls, sweep_dir: str | Path) -> Sweep:
         """Claim `sweep_dir` (created if needed) for this sweep. A directory holding an earlier
         sweep or run, or one that cannot be written, is refused: UsageError (one line)."""
-        path = Path(sweep_dir).expanduser().absolute()
+        path = absolute_path(sweep_dir)
         if path == Path(path.anchor):
             raise UsageError(f"hydra.sweep.dir {path} is the file-system root: give "
                              f"hydra.sweep.dir a directory of its own")
@@ -103,7 +103,7 @@ class Sweep:
     def point_dir(self, output_dir: str | Path) -> Path:
         """A point's directory, which must lie inside the sweep directory (hydra.sweep.subdir
         neither absolute nor climbing out with `..`); UsageError otherwise."""
-        point = Path(output_dir).expanduser().absolute()
+        point = absolute_path(output_dir)
         inside = Path(os.path.normpath(point))
         if inside == self.sweep_dir or self.sweep_dir not in inside.parents:
             raise UsageError(f"hydra.sweep.subdir puts a point in {inside}, outside the sweep "

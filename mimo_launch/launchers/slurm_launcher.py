@@ -33,6 +33,7 @@ from ..launchers.slurm_watch import follow
 from ..rank.rank_job import rank_job
 from ..reports.report import REPORT_NAME, format_summary, read_report
 from ..settings.app_config import LaunchSettings, UsageError
+from ..settings.run_dir import absolute_path
 
 JOB_RECORD = "job.json"  # in the run directory: what `mimo-launch collect` needs
 
@@ -132,7 +133,7 @@ def collect(run_dir: str) -> int:
     from ..reports.artifacts import artifacts_after
     from ..settings.app_config import settings_from_config
 
-    path = Path(run_dir).expanduser().absolute()
+    path = absolute_path(run_dir)
     try:
         record = json.loads((path / JOB_RECORD).read_text())
         # the config the job was submitted with, not one composed anew: the same site

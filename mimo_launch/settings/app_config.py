@@ -32,6 +32,7 @@ from ..settings.health_config import KNOWN_KEYS as HEALTH_KEYS
 from ..settings.health_config import HealthSettings, check_memory, health_settings
 from ..settings.hydra_errors import describe
 from ..settings.inert import override_text, refuse_inert, refuse_lone_entrypoint_timeout
+from ..settings.run_dir import absolute_path
 from ..settings.searchpath import check_composed
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -323,7 +324,7 @@ def settings_from_config(composed: DictConfig, run_dir: str | Path | None = None
     entrypoint_timeout_s = check_timeout(cfg.get("entrypoint_timeout_s", 600),
                                          "entrypoint_timeout_s")
     refuse_lone_entrypoint_timeout(cfg)
-    run_dir = Path(cfg.hydra.run.dir if run_dir is None else run_dir).expanduser().absolute()
+    run_dir = absolute_path(cfg.hydra.run.dir if run_dir is None else run_dir)
     return LaunchSettings(layout, world, device, timeout_s, run_dir, cluster, cfg, expected,
                           fault, plan, entrypoint, entrypoint_dir, entrypoint_timeout_s, health)
 

@@ -14,6 +14,12 @@ SWEEP_MARKER = ".mimo-launch-sweep"
 _EARLIER_RUN = ("report.json", "logs")
 
 
+def absolute_path(path: str | Path) -> Path:
+    """`path` with `~` expanded, made absolute against the working directory and normalised
+    (`a/../b` is `b`; symbolic links are kept as given)."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
 def holds_a_run(path: Path) -> bool:
     """Whether `path` holds a run's output: its marker, or what runs made before it left."""
     return any((path / name).exists() for name in (RUN_MARKER, *_EARLIER_RUN))
@@ -34,7 +40,7 @@ def claim_run_dir(path: str | Path) -> Path:
     path each gets its own directory. Raises RunDirError for a path that cannot be written: a
     file, a path under a file, no permission, a read-only file system, the file-system root.
     """
-    base = Path(path).expanduser().absolute()
+    base = absolute_path(path)
     if base == Path(base.anchor):
         raise RunDirError(f"run directory {base} is the file-system root: give hydra.run.dir a "
                           f"directory of its own")
