@@ -26,7 +26,6 @@ from ..settings.config_schema import (
     SchemaError,
     check_cluster,
     strict_bool,
-    unknown_key_message,
 )
 from ..settings.health_config import KNOWN_KEYS as HEALTH_KEYS
 from ..settings.health_config import HealthSettings, check_memory, health_settings
@@ -183,14 +182,11 @@ def preset_layout(name: str, world_size: int) -> MimoParallelismConfig:
 
 
 def section(node, name: str, known: tuple[str, ...]) -> dict:
-    """A config node as a plain dict; a non-mapping or keys outside `known` are refused."""
+    """A config node as a plain dict; a non-mapping is refused. (Its keys were checked with the
+    whole config's, `config_keys.check_keys`, before any section is read.)"""
     if node is not None and not isinstance(node, DictConfig):
         raise UsageError(f"{name} must be a mapping of {', '.join(known)}, got {node!r}")
-    data = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    unknown = [key for key in data if key not in known]
-    if unknown:
-        raise UsageError(unknown_key_message(f"{name}.{unknown[0]}", known, others=unknown[1:]))
-    return data
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
 def fault_from(data: dict, world_size: int) -> FaultSpec:
