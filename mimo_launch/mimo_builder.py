@@ -9,6 +9,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,7 +20,18 @@ from .groups.group_factory import GroupFactory, paused_gc
 from .layout.group_kinds import GRID_DIMS, GRID_GROUPS, dims_of
 from .mimo_config import MimoParallelismConfig, as_mimo_config
 
-HyperCommGrid = compat.load_hypercomm_grid()
+if TYPE_CHECKING:
+    from megatron.core.hyper_comm_grid import HyperCommGrid
+
+
+def __getattr__(name: str):
+    """`mimo_builder.HyperCommGrid`: megatron-core's class, loaded on first use
+    (`compat.load_hypercomm_grid`), so that importing this module changes no other module."""
+    if name == "HyperCommGrid":
+        return compat.load_hypercomm_grid()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # torch >= 2.13 names it all_gather_single (all_gather_into_tensor warns there); both public
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
@@ -64,9 +76,10 @@ def _build_grid(mod, factory: GroupFactory) -> HyperCommGrid:
     shape = [mod.tensor_model_parallel_size, mod.context_parallel_size,
              mod.expert_tensor_parallel_size, mod.pipeline_model_parallel_size,
              mod.data_parallel_size]
-    grid = HyperCommGrid(shape, list(GRID_DIMS), rank_offset=mod.rank_offset,
-                         backend=factory.backend)
-    if compat.can_register_groups(HyperCommGrid, list(GRID_DIMS), _KIND_DIMS):
+    grid_class = compat.load_hypercomm_grid()
+    grid = grid_class(shape, list(GRID_DIMS), rank_offset=mod.rank_offset,
+                      backend=factory.backend)
+    if compat.can_register_groups(grid_class, list(GRID_DIMS), _KIND_DIMS):
         for dims in _KIND_DIMS:
             compat.register_group(grid, dims, factory.new_subgroups(grid.get_rank_enum(dims)))
     else:

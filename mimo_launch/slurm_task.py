@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(found, int) or me is None:
         return found if isinstance(found, int) else 0
     settings, device = found
-    job = rank_job(settings, device=device)
+    job = rank_job(settings, device=device, launcher_concludes=False)  # rank 0 concludes
     return finish_task(me.rank, settings, lambda: run_task(job))
 
 

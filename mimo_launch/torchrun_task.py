@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"cluster (use cluster=torchrun, or one with launcher: torchrun)",
                   file=sys.stderr, flush=True)
         return EXIT_USAGE
-    job = rank_job(settings, device=device)
+    job = rank_job(settings, device=device, launcher_concludes=False)  # rank 0 concludes
 
     def run() -> int:
         with rank_log(settings.run_dir, me.rank):  # as the other launchers' ranks

@@ -50,3 +50,15 @@ def exit_0_on_rank_0(ctx):
     if ctx.rank == 0:
         os._exit(0)
     time.sleep(5)
+
+
+def record_reports(ctx):
+    """Rank 0, inside the entry point (the verdict is in): write which reports the run
+    directory holds now, and what rank 0's hand-off to the launcher says."""
+    import json
+
+    if ctx.rank == 0:
+        handoff = ctx.run_dir / "status" / "rank0.report.json"
+        seen = {"report.json": (ctx.run_dir / "report.json").exists(),
+                "handoff": json.loads(handoff.read_text()) if handoff.exists() else None}
+        (ctx.run_dir / "reports_seen.json").write_text(json.dumps(seen))

@@ -137,3 +137,17 @@ def test_counter_skip_is_off_where_torch_would_barrier(tmp_path, run_world):
 
     assert run_world(tmp_path, 1, body, 30) == [
         [True, [False, False, False, False, True, True], False, True]]
+
+
+def test_importing_the_public_api_loads_nothing_of_megatron_core():
+    """Importing the builder changes no other module: megatron-core's HyperCommGrid is loaded
+    (and `megatron.core` registered) only when a grid is first asked for."""
+    code = ("import sys\n"
+            "import mimo_launch.mimo_builder, mimo_launch.mimo_config\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'megatron'))\n"
+            "from mimo_launch.mimo_builder import HyperCommGrid\n"
+            "print('megatron.core.hyper_comm_grid' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["[]", "True"]

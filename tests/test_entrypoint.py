@@ -68,6 +68,25 @@ def test_each_rank_gets_its_verified_collections_and_the_run_directory(tmp_path)
         assert (run_dir / f"handed{rank}.txt").read_text() == f"8 {{'{module}': {dp_sum[rank]}}}"
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", ["local", pytest.param("local_slurm", marks=pytest.mark.slurm)])
+def test_the_launcher_writes_report_json_once_from_rank_0s_hand_off(cluster, request, tmp_path):
+    """Rank 0 hands its report over; only the launcher that concludes the run writes
+    report.json, at the end (not while the entry point still runs)."""
+    if cluster == "local_slurm":
+        request.getfixturevalue("slurm_cluster")
+    run_dir = tmp_path / "run"
+    proc = run_cli(f"cluster={cluster}", f"entrypoint={FAULTS}:record_reports",
+                   f"hydra.run.dir={run_dir}", cwd=REPO, timeout=170)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = json.loads((run_dir / "reports_seen.json").read_text())
+    assert seen["report.json"] is False, seen
+    assert seen["handoff"]["passed"] and seen["handoff"]["entrypoint_finished"] is False
+    report = _report(run_dir)
+    assert report["passed"] and report["entrypoint_finished"]
+    assert report["mismatches"] == seen["handoff"]["mismatches"] == []
+
+
 @pytest.mark.timeout(120)
 def test_each_local_rank_has_torchruns_variables_not_the_shells(tmp_path):
     # a shell's stale WORLD_SIZE would size HyperCommGrid's grids (it reads the environment

@@ -105,9 +105,10 @@ def _start_passing_run(tmp_path: Path, run_dir: Path, delay_s: float) -> subproc
 
 
 def _no_artifacts(run_dir: Path) -> list[str]:
-    """Everything in the run directory but the logs and report.json: nothing may be left."""
-    return sorted(p.name for p in run_dir.iterdir() if p.name not in ("logs", "report.json",
-                                                                     ".mimo-launch-run"))
+    """Everything in the run directory but the logs, rank 0's hand-off (status/) and
+    report.json: nothing may be left."""
+    return sorted(p.name for p in run_dir.iterdir()
+                  if p.name not in ("logs", "status", "report.json", ".mimo-launch-run"))
 
 
 @pytest.mark.timeout(120)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
@@ -60,6 +60,20 @@ def test_two_agents_pass_the_default_layout(tmp_path):
     assert (out / "report.md").is_file()
     # every worker keeps its own log, as the local launcher's and Slurm's ranks do
     assert sorted(p.name for p in (out / "logs").iterdir()) == [f"rank{r}.log" for r in range(8)]
+
+
+def test_with_no_launcher_rank_0_keeps_report_json_through_the_run(tmp_path, monkeypatch):
+    """torchrun concludes nothing: rank 0 writes report.json itself, the verdict in it while
+    the entry point still runs (a job killed then still leaves it)."""
+    out = tmp_path / "run"
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the entry point's package, tests/
+    agents = torchrun_agents(tmp_path, f"hydra.run.dir={out}",
+                             "entrypoint=tests.handoff_entrypoints:record_reports")
+    assert [a.returncode for a in agents] == [0, 0], "\n".join(a.stdout for a in agents)[-3000:]
+    seen = json.loads((out / "reports_seen.json").read_text())
+    assert seen["report.json"] is True and seen["handoff"] is None
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] and report["entrypoint_finished"]
 
 
 def test_a_killed_worker_is_named_and_every_worker_exits_3(tmp_path):

@@ -229,7 +229,8 @@ def run_point(cfg: DictConfig) -> int:
     from ..slurm_task import run_task, slurm_rank
 
     settings = settings_from_config(with_hydra(cfg), HydraConfig.get().runtime.output_dir)
-    job = rank_job(settings, device=allocation(settings).device)
+    job = rank_job(settings, device=allocation(settings).device,
+                   launcher_concludes=False)  # rank 0 concludes; the plugin reads its report
     return finish_task(slurm_rank().rank, settings, lambda: run_task(job))
 
 

@@ -1,7 +1,8 @@
 """Start every rank on this machine: import once, fork, rendezvous on a store the parent hosts.
 
-The parent has already imported torch and megatron-core (importing this module does), so each
-forked rank shares those pages instead of paying seconds and hundreds of MB again. The parent
+The parent imports torch (importing this module does) and loads megatron-core's HyperCommGrid
+(`launch_local`) before it forks, so each forked rank shares those pages instead of paying
+seconds and hundreds of MB again. The parent
 forks first and only then creates the TCPStore (no threads exist at fork time), sends its port
 to each rank through a pipe, and waits. Rank r writes its output to `<run_dir>/logs/rank<r>.log`.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from .. import compat
 from ..app.interrupts import deferred, describe, held, reset_in_child, signal_of
 from ..errors import EXIT_FAILURE, EXIT_TEARDOWN_OVERDUE
 from ..launchers.diagnosis import Diagnosis, RankExit, diagnose, tail
@@ -33,7 +35,7 @@ from ..rank.phases import (
     teardown_overdue,
 )
 from ..rank.rank_runner import RankJob, rank_environment, run_rank
-from ..reports.report import Report, failure_report, read_report, write_report
+from ..reports.report import Report, failure_report, read_rank0_report, write_report
 from ..settings.app_config import LaunchSettings
 
 _POLL_S = 0.05
@@ -289,20 +291,24 @@ def run_local(settings: LaunchSettings) -> int:
 
 def launch_local(job: RankJob, watchdog_s: float | None = None,
                  on_tick: ProgressHook | None = None) -> Report:
-    """Run `job`'s ranks here; return rank 0's report, or a failure report (also written).
+    """Run `job`'s ranks here; return the run's report, written once to report.json: rank 0's
+    (handed over: `job.launcher_concludes` must be true), or a failure report built on it.
 
     The whole run is bounded by `watchdog_s` (default: 4 x timeout_s + 30 s, plus
     `RankJob.stages_bound_s` for an entry point and the health stage)."""
     if watchdog_s is None and (job.entrypoint or job.health):
         watchdog_s = 4 * job.timeout_s + 30 + job.stages_bound_s
+    with deferred():  # once here, not in every rank (a native import: interrupts.deferred)
+        compat.load_hypercomm_grid()
     run = fork_ranks(job.world_size, Path(job.run_dir), job.timeout_s,
                      lambda rank, store: run_rank(job, rank, store, local_rank=rank),
                      watchdog_s, on_tick)
     with held(lasting=True):  # the ranks have ended: the report is written whole
-        report = read_report(Path(job.run_dir))
-        if run.ok and report is not None:
-            return report
-        return _failure_report(job, run, report)
+        report = read_rank0_report(job)
+        if not run.ok or report is None:
+            report = _failure_report(job, run, report)
+        write_report(Path(job.run_dir), report)
+        return report
 
 
 def _failure_report(job: RankJob, run: LocalRun, partial: Report | None) -> Report:
@@ -319,7 +325,5 @@ def _failure_report(job: RankJob, run: LocalRun, partial: Report | None) -> Repo
         log_tail = tail(log_path(run_dir, rank))
         if log_tail:
             message += f"\nlast lines of {log_path(run_dir, rank)}:\n{log_tail}"
-    report = failure_report(job, partial, message, diagnosis.phase, diagnosis.ranks,
-                            run.interrupted)
-    write_report(run_dir, report)
-    return report
+    return failure_report(job, partial, message, diagnosis.phase, diagnosis.ranks,
+                          run.interrupted)

@@ -31,7 +31,7 @@ from ..launchers.slurm_report import JobFiles, conclude
 from ..launchers.slurm_submit import allocation, make_executor
 from ..launchers.slurm_watch import follow
 from ..rank.rank_job import rank_job
-from ..reports.report import REPORT_NAME, format_summary, read_report
+from ..reports.report import REPORT_NAME, Report, format_summary, read_report
 from ..settings.app_config import LaunchSettings, UsageError
 from ..settings.run_dir import absolute_path
 
@@ -41,27 +41,29 @@ JOB_RECORD = "job.json"  # in the run directory: what `mimo-launch collect` need
 def run_slurm(settings: LaunchSettings) -> int:
     """The Slurm launcher's run (`interface.Launcher`): submit, follow and report
     (`launch_slurm`), then report.md and the rank map; the exit code."""
-    from ..reports.artifacts import artifacts_after
+    from ..reports.artifacts import files_after_verdict
 
     with one_run():  # from the job's end on, signals are held: the verdict stands
-        code = launch_slurm(settings)
+        code, report = launch_slurm(settings)
         with held(lasting=True) as came:
-            artifacts_after(settings, came)
+            if report is not None:
+                files_after_verdict(settings, report, came)
     return code
 
 
-def launch_slurm(settings: LaunchSettings) -> int:
-    """Submit, follow and report (see the module docstring); return the exit code."""
+def launch_slurm(settings: LaunchSettings) -> tuple[int, Report | None]:
+    """Submit, follow and report (see the module docstring); return the exit code and the
+    run's report (None where no job was followed to its end: refused, dry_run, wait=false)."""
     try:
         alloc = allocation(settings)
         executor = make_executor(settings, alloc)
     except UsageError as exc:
         print(f"mimo-launch: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_USAGE, None
     job = rank_job(settings, device=alloc.device)
     if settings.config.get("dry_run"):
         print(sbatch_script(executor), end="")
-        return 0
+        return 0, None
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
     from ..slurm_task import run_task
@@ -84,10 +86,10 @@ def launch_slurm(settings: LaunchSettings) -> int:
             if came:  # a signal to the process group stopped sbatch too
                 print(f"mimo-launch: interrupted ({describe(came[0])}) while submitting",
                       file=sys.stderr)
-                return exit_code(came[0])
+                return exit_code(came[0]), None
             message = " ".join(str(exc).split())[:400]
             print(f"mimo-launch: error: sbatch refused the job: {message}", file=sys.stderr)
-            return EXIT_USAGE
+            return EXIT_USAGE, None
         job_id = str(submitted.job_id)
         (settings.run_dir / JOB_RECORD).write_text(
             json.dumps({"job_id": job_id, **record}, indent=2) + "\n")
@@ -98,14 +100,14 @@ def launch_slurm(settings: LaunchSettings) -> int:
     if not settings.config.get("wait", True) and not came:
         print(f"report: run `mimo-launch collect {settings.run_dir}` to follow job {job_id} "
               f"and write {settings.run_dir / REPORT_NAME}")
-        return 0
+        return 0, None
     return follow_and_report(job, job_id, JobFiles(settings.run_dir, Path(executor.folder),
                                                    job_id), settings, came[0] if came else None)
 
 
 def follow_and_report(job, job_id: str, files: JobFiles, settings: LaunchSettings,
-                      interrupted: int | None = None) -> int:
-    """Follow the job to its end, write and print the report; return the exit code.
+                      interrupted: int | None = None) -> tuple[int, Report]:
+    """Follow the job to its end, write and print the report; return the exit code and it.
     `interrupted`: a signal that came while the job was submitted (it is cancelled at once).
     Once the job has left the nodes, signals are held until the report is printed."""
     record_path = files.run_dir / JOB_RECORD
@@ -120,17 +122,17 @@ def follow_and_report(job, job_id: str, files: JobFiles, settings: LaunchSetting
             record_path.write_text(json.dumps(record | {"concluded": True}, indent=2) + "\n")
             if followed.never_started:
                 print(f"mimo-launch: error: {followed.never_started}", file=sys.stderr)
-                return EXIT_USAGE if followed.refused else EXIT_NEVER_STARTED
+                return EXIT_USAGE if followed.refused else EXIT_NEVER_STARTED, report
         print(format_summary(report))
         print(f"report: {files.run_dir / REPORT_NAME}")
-    return report.exit_code
+    return report.exit_code, report
 
 
 def collect(run_dir: str) -> int:
     """`mimo-launch collect <run dir>`: follow or conclude the job submitted into `run_dir`,
     write and print its report, and return the run's exit code (2 with one line when the
     directory holds no submitted job)."""
-    from ..reports.artifacts import artifacts_after
+    from ..reports.artifacts import files_after_verdict
     from ..settings.app_config import settings_from_config
 
     path = absolute_path(run_dir)
@@ -150,8 +152,8 @@ def collect(run_dir: str) -> int:
     job_id = str(record["job_id"])
     print(f"mimo-launch: collecting job {job_id}; output in {path}", flush=True)
     with one_run():  # from the job's end on, signals are held: the verdict stands
-        code = follow_and_report(job, job_id, JobFiles(path, Path(record["submitit_folder"]),
-                                                       job_id), settings)
+        code, report = follow_and_report(job, job_id, JobFiles(
+            path, Path(record["submitit_folder"]), job_id), settings)
         with held(lasting=True) as came:
-            artifacts_after(settings, came)
+            files_after_verdict(settings, report, came)
     return code

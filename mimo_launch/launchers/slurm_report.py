@@ -20,7 +20,7 @@ from ..launchers.slurm_watch import Followed, final_state
 from ..layout.rank_text import format_rank_set
 from ..rank.phases import ENTRYPOINT_PHASE, TEARDOWN_PHASE, teardown_failure
 from ..rank.rank_status import TEARDOWN_OVERDUE, read_statuses
-from ..reports.report import Report, failure_report, read_report, write_report
+from ..reports.report import Report, failure_report, read_rank0_report, write_report
 
 _SRUN_ERROR = re.compile(r"srun: error: (\S+): tasks? ([\d,\-]+): (.+)")
 # srun's words for a task it stopped itself, or one that ended with an exit code
@@ -130,11 +130,18 @@ def _earliest_phase(statuses: dict[int, dict]) -> str | None:
 
 
 def conclude(job, job_id: str, files: JobFiles, followed: Followed) -> Report:
-    """The run's report (written to report.json): rank 0's, completed with the Slurm facts
-    when it is a failure (see the module docstring; `report.failure_report` merges them)."""
+    """The run's report, written once to report.json: the one rank 0 handed over, completed
+    with the Slurm facts when it is a failure (see the module docstring;
+    `report.failure_report` merges them)."""
+    report = _concluded(job, job_id, files, followed)
+    write_report(files.run_dir, report)
+    return report
+
+
+def _concluded(job, job_id: str, files: JobFiles, followed: Followed) -> Report:
     run_dir = Path(job.run_dir)
     state, code = final_state(job_id)
-    report = read_report(run_dir)
+    report = read_rank0_report(job)
     if report is not None and not report.failure and state == "COMPLETED" \
             and not followed.interrupted:
         return report
@@ -181,7 +188,5 @@ def conclude(job, job_id: str, files: JobFiles, followed: Followed) -> Report:
 def _finish(job, partial: Report | None, failure: tuple[str, str | None, list[int]],
             lines: list[str], files: JobFiles, followed: Followed) -> Report:
     message, phase, ranks = failure
-    report = failure_report(job, partial, "\n".join([message, *lines, files.describe()]), phase,
-                            ranks, followed.interrupted_by if followed.interrupted else None)
-    write_report(files.run_dir, report)
-    return report
+    return failure_report(job, partial, "\n".join([message, *lines, files.describe()]), phase,
+                          ranks, followed.interrupted_by if followed.interrupted else None)

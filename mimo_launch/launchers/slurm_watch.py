@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from ..app.interrupts import held, signal_of
-from ..reports.report import REPORT_NAME, read_report
+from ..reports.report import HANDOFF_NAME, read_report
 
 POLL_S = 0.5
 # After rank 0 reported a failure, how long the job may take to end by itself before scancel.
@@ -161,8 +161,8 @@ def follow(job_id: str, run_dir, pending_timeout_min: float | None = None,
                 if verdict is not None:
                     cancel_and_wait(job_id)
                     return verdict
-            if failed_at is None and (run_dir / REPORT_NAME).exists():
-                report = read_report(run_dir)
+            if failed_at is None and (run_dir / HANDOFF_NAME).exists():
+                report = read_report(run_dir, HANDOFF_NAME)
                 if report is not None and report.failure:
                     failed_at = time.monotonic()
             if failed_at is not None and not cancelled and \

@@ -27,6 +27,9 @@ class RankJob:
     ('pkg.module:function', resolved from `entrypoint_dir` first) runs after a passing
     verification, each rank's call bounded by `entrypoint_timeout_s`; `health` (check=health)
     runs the health stage after a passing verification, before the entry point.
+    `launcher_concludes`: a launcher (local, Slurm) writes report.json once, from the report
+    rank 0 hands over; False where rank 0 concludes the run itself (sbatch scripts, torchrun,
+    the sweep plugin's jobs: `reports.report.rank0_report_name`).
     """
 
     layout: MimoParallelismConfig
@@ -41,6 +44,7 @@ class RankJob:
     entrypoint_timeout_s: float = 600.0
     health: HealthSettings | None = None
     verify_against: str | None = None  # the preset `expected` comes from, for the report
+    launcher_concludes: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layout", self.layout.validate(self.world_size))
@@ -56,13 +60,16 @@ class RankJob:
         return "nccl" if self.device == "cuda" else "gloo"
 
 
-def rank_job(settings: LaunchSettings, device: str | None = None) -> RankJob:
+def rank_job(settings: LaunchSettings, device: str | None = None,
+             launcher_concludes: bool = True) -> RankJob:
     """The spec of the run `settings` describe; `device` ('cpu' or 'cuda') where the launcher
-    resolved it itself (Slurm, torchrun: `settings.device` may be 'auto' there)."""
+    resolved it itself (Slurm, torchrun: `settings.device` may be 'auto' there);
+    `launcher_concludes` False for the entry points where rank 0 concludes the run."""
     return RankJob(layout=settings.layout, world_size=settings.world_size,
                    run_dir=str(settings.run_dir), timeout_s=settings.timeout_s,
                    device=settings.device if device is None else device,
                    expected=settings.expected, fault=settings.fault,
                    entrypoint=settings.entrypoint, entrypoint_dir=settings.entrypoint_dir,
                    entrypoint_timeout_s=settings.entrypoint_timeout_s, health=settings.health,
-                   verify_against=settings.config.get("verify_against") or None)
+                   verify_against=settings.config.get("verify_against") or None,
+                   launcher_concludes=launcher_concludes)

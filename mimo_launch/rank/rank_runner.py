@@ -29,7 +29,13 @@ from ..rank.phases import (
     teardown_failure,
 )
 from ..rank.rank_job import RankJob
-from ..reports.report import Report, failure_report, module_summary, read_report, write_report
+from ..reports.report import (
+    Report,
+    failure_report,
+    keep_rank0_report,
+    module_summary,
+    read_rank0_report,
+)
 
 # Rank 0 waits for the other ranks' teardown this much longer than their own bound
 # (`timeout_s`, then SIGALRM 1 + 5 s later: phases.TeardownWatchdog), so they end themselves first.
@@ -83,7 +89,8 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
     With `job.entrypoint`, the groups are verified as they sit in each module's
     ProcessGroupCollection and, once verification has passed, the entry point runs
     (`entrypoint.run_entrypoint`). Raises on any failure, after leaving the error in `store`
-    (rank 0 also writes a failed report.json). Rank 0 writes report.json into `job.run_dir`.
+    (rank 0 also records its failure). Rank 0 keeps its report current in `job.run_dir`
+    (`report.keep_rank0_report`: the hand-off to the launcher, or report.json).
     `on_phase(name)` is called as the rank enters each phase (`PhaseTracker`). A teardown
     still running `job.timeout_s` seconds after it began ends the process with
     `errors.EXIT_TEARDOWN_OVERDUE`, after `on_teardown_overdue()` (`TeardownWatchdog`).
@@ -123,7 +130,7 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
         entrypoint=job.entrypoint, skipped_checks=verdict.skipped,
         verify_against=job.verify_against)
     if rank == 0:
-        write_report(Path(job.run_dir), report)
+        keep_rank0_report(job, report)
     if verdict.passed and job.health is not None:
         try:
             report.health = run_health_stage(job, layout, groups, tracker, verdict.hosts)
@@ -132,7 +139,7 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
             raise
         if rank == 0:
             report.timings = dict(tracker.timings)
-            write_report(Path(job.run_dir), report)
+            keep_rank0_report(job, report)
     if verdict.passed and function is not None:
         context = EntrypointContext(rank, job.world_size, Path(job.run_dir), layout, checked)
         try:
@@ -144,14 +151,14 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
         if rank == 0:
             report.timings = dict(tracker.timings)
             report.entrypoint_finished = True
-            write_report(Path(job.run_dir), report)
+            keep_rank0_report(job, report)
     with tracker.teardown(on_teardown_overdue):
         groups.destroy()
         dist.destroy_process_group()
     if rank == 0:  # the verdict stands; a rank ended in teardown is named beside it
         stragglers = tracker.teardown_stragglers(job.timeout_s + TEARDOWN_WAIT_EXTRA_S)
         if stragglers:
-            write_report(Path(job.run_dir), failure_report(
+            keep_rank0_report(job, failure_report(
                 job, report, teardown_failure(stragglers, job.timeout_s), TEARDOWN_PHASE,
                 stragglers))
     return EXIT_PASSED if verdict.passed else EXIT_MISMATCH
@@ -159,10 +166,9 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
 
 def _write_failure(job: RankJob, tracker: PhaseTracker, exc: BaseException) -> None:
     """Rank 0's report of its own failure; in the entry point it keeps the verification's."""
-    run_dir = Path(job.run_dir)
     after_verify = tracker.current in (HEALTH_PHASE, ENTRYPOINT_PHASE)
-    report = read_report(run_dir) if after_verify else None
+    report = read_rank0_report(job) if after_verify else None
     ranks = getattr(exc, "missing", None) or ([0] if after_verify else [])
     report = failure_report(job, report, str(exc), tracker.current, ranks)
     report.timings = dict(tracker.timings)
-    write_report(run_dir, report)
+    keep_rank0_report(job, report)

@@ -85,10 +85,11 @@ class StopOnSigterm:
     after one failed), even while the main thread sits in C++.
 
     The signal's number arrives on a wakeup fd read by a thread; on rank 0 that thread first
-    diagnoses the run through its own store client (`connect`) and writes report.json unless a
-    report is already there (other than one still waiting for the entry point to finish); to
-    a passing one it adds the ranks ended in teardown by their watchdog (the others' ending
-    stopped rank 0 while it waited for them: `PhaseTracker.teardown_stragglers`).
+    diagnoses the run through its own store client (`connect`) and records it
+    (`report.keep_rank0_report`) unless a report is already there (other than one still
+    waiting for the entry point to finish); to a passing one it adds the ranks ended in
+    teardown by their watchdog (the others' ending stopped rank 0 while it waited for them:
+    `PhaseTracker.teardown_stragglers`).
     `source` names who stops the task ('Slurm', 'torchrun') in the log and the report.
     """
 
@@ -128,22 +129,21 @@ class StopOnSigterm:
     def _report(self) -> None:
         from ..launchers.diagnosis import diagnose
         from ..rank.phases import TEARDOWN_PHASE, overdue_in_teardown, teardown_failure
-        from ..reports.report import failure_report, read_report, write_report
+        from ..reports.report import failure_report, keep_rank0_report, read_rank0_report
 
-        run_dir = Path(self.job.run_dir)
-        report = read_report(run_dir)
+        report = read_rank0_report(self.job)
         if report is not None and not report.awaiting_entrypoint:
             # the verdict stands; a rank its watchdog ended in teardown is named beside it
             overdue = overdue_in_teardown(self.probe, self.job.world_size)
             if overdue and not report.failure:
-                write_report(run_dir, failure_report(self.job, report, teardown_failure(
+                keep_rank0_report(self.job, failure_report(self.job, report, teardown_failure(
                     overdue, self.job.timeout_s), TEARDOWN_PHASE, overdue))
             return
         found = diagnose(self.probe, self.job.world_size, [],
                          f"{self.source} stopped the ranks: a task ended early or the job was "
                          f"cancelled")
-        write_report(run_dir, failure_report(self.job, report, found.message, found.phase,
-                                             found.ranks))
+        keep_rank0_report(self.job, failure_report(self.job, report, found.message, found.phase,
+                                                   found.ranks))
 
 
 def run_rank_task(job, rank: int, local_rank: int, source: str, rendezvous,

@@ -1,6 +1,12 @@
-"""The run's report: what rank 0 writes as report.json and what the launcher prints.
+"""The run's report: what report.json holds and what the launcher prints.
 
-`report.json` is written atomically (temporary file, then rename), for passing and failing runs.
+Rank 0 keeps its report current through the run (`keep_rank0_report`). Where a launcher
+concludes the run (`RankJob.launcher_concludes`: the local and Slurm launchers), rank 0 hands it
+over in `status/rank0.report.json` (`HANDOFF_NAME`) and the launcher writes report.json once,
+rank 0's report merged with what the launcher knows (`failure_report`). Where none does (an
+sbatch script, torchrun, the sweep plugin's jobs), rank 0 is the concluder and keeps
+report.json itself, so that a job killed later still leaves its last verdict. Every file is
+written atomically (temporary file, then rename), for passing and failing runs.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ if TYPE_CHECKING:
     from ..rank.rank_job import RankJob
 
 REPORT_NAME = "report.json"
+HANDOFF_NAME = "status/rank0.report.json"  # rank 0's report, for the launcher that concludes
 
 
 @dataclass
@@ -115,17 +122,37 @@ def write_json_atomic(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
-def write_report(run_dir: Path, report: Report) -> Path:
-    path = Path(run_dir) / REPORT_NAME
+def write_report(run_dir: Path, report: Report, name: str = REPORT_NAME) -> Path:
+    """Write `report` to `<run_dir>/<name>` atomically (OSError, e.g. ENOSPC, leaves the old
+    file); return the path. The concluder of a run writes report.json once with it."""
+    path = Path(run_dir) / name
     write_json_atomic(path, report.to_dict())
     return path
 
 
-def read_report(run_dir: Path) -> Report | None:
-    path = Path(run_dir) / REPORT_NAME
+def read_report(run_dir: Path, name: str = REPORT_NAME) -> Report | None:
+    """The report at `<run_dir>/<name>` (report.json, or rank 0's hand-off `HANDOFF_NAME`);
+    None where there is none."""
+    path = Path(run_dir) / name
     if not path.exists():
         return None
     return Report.from_dict(json.loads(path.read_text()))
+
+
+def rank0_report_name(job: RankJob) -> str:
+    """Where rank 0 keeps its report during `job`: the hand-off for the launcher that concludes
+    the run, else report.json itself (see the module docstring)."""
+    return HANDOFF_NAME if job.launcher_concludes else REPORT_NAME
+
+
+def keep_rank0_report(job: RankJob, report: Report) -> None:
+    """Rank 0: record `report` as the run stands now (`rank0_report_name`)."""
+    write_report(Path(job.run_dir), report, rank0_report_name(job))
+
+
+def read_rank0_report(job: RankJob) -> Report | None:
+    """What rank 0 last recorded (`keep_rank0_report`); None before it recorded anything."""
+    return read_report(Path(job.run_dir), rank0_report_name(job))
 
 
 # verify.Mismatch.check values, in the verifier's order (verify._CHECKS is step 1's part)
