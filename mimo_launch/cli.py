@@ -11,12 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .errors import EXIT_BROKEN_PIPE, EXIT_USAGE
-
-
-def _error(message: str) -> int:
-    print(f"mimo-launch: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+from .errors import EXIT_BROKEN_PIPE, usage_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["collect"]:  # mimo-launch collect <run dir>: a submitted Slurm job
         if len(args) != 2:
-            return _error("usage: mimo-launch collect <run dir>")
+            return usage_error("usage: mimo-launch collect <run dir>")
         from .launchers.slurm_launcher import collect
 
         return collect(args[1])

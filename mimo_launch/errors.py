@@ -1,4 +1,5 @@
-"""Exit codes, defined once, and the error that carries one (no imports: every layer uses it).
+"""Exit codes, defined once, the error that carries one, and the one way bad input is printed
+(standard library only: every layer uses it).
 
 The command's exit codes (`cli.py`): 0 verification passed; 1 a mismatch; 2 bad input, nothing
 started (`UsageError`); 3 a failure while running (a rank died, hung or raised, a job failed);
@@ -8,6 +9,8 @@ after cluster.pending_timeout_min (cancelled); 128 + the signal when interrupted
 A rank's own exit code is one of 0-3, or 124 when its teardown overran (`phases.TeardownWatchdog`,
 as timeout(1) reports it).
 """
+
+import sys
 
 EXIT_PASSED = 0
 EXIT_MISMATCH = 1
@@ -44,3 +47,18 @@ class HintedUsageError(UsageError):
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
         self.hint = hint
+
+
+def usage_error(message: str, hint: str | None = None, prog: str = "mimo-launch") -> int:
+    """Print `PROG: error: MESSAGE` (and `PROG: hint: HINT`) to stderr; return EXIT_USAGE."""
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    if hint:
+        print(f"{prog}: hint: {hint}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
+def refuse(exc: BaseException, prog: str = "mimo-launch") -> int:
+    """Print bad input `exc` (`BadInput`) as its one line and hint (`message_of`); return its
+    exit code (`exit_code`, EXIT_USAGE where it carries none)."""
+    usage_error(*message_of(exc), prog=prog)
+    return getattr(exc, "exit_code", EXIT_USAGE)

@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EXIT_USAGE
+from .errors import usage_error
 
 # The signal Slurm sends the tasks before the time limit (sbatch `--signal`,
 # `slurm_submit.warning_params`). submitit asks for USR2, which ends a task that has not yet
@@ -156,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             me = slurm_rank()
         except RuntimeError as exc:
-            print(f"mimo_launch.slurm_task: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return usage_error(str(exc), prog="mimo_launch.slurm_task")
         tasks = me.world_size
         if not any(a.startswith("hydra.run.dir=") for a in args):
             args.append(f"hydra.run.dir=outputs/slurm-{me.job_id}")

@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .errors import EXIT_USAGE
+from .errors import EXIT_USAGE, usage_error
 
 PROG = "mimo_launch.torchrun_task"
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         me = torchrun_rank()
     except RuntimeError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(str(exc), prog=PROG)
     if not any(a.startswith("cluster=") for a in args):
         args.insert(0, "cluster=torchrun")
     if not any(a.startswith("hydra.run.dir=") for a in args):
@@ -99,11 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         return found
     settings, device = found
     if settings.cluster.launcher != "torchrun":
-        if me.rank == 0:
-            print(f"{PROG}: error: cluster={settings.cluster.name} is not a torchrun "
-                  f"cluster (use cluster=torchrun, or one with launcher: torchrun)",
-                  file=sys.stderr, flush=True)
-        return EXIT_USAGE
+        message = (f"cluster={settings.cluster.name} is not a torchrun cluster (use "
+                   f"cluster=torchrun, or one with launcher: torchrun)")
+        return usage_error(message, prog=PROG) if me.rank == 0 else EXIT_USAGE
     job = rank_job(settings, device=device, launcher_concludes=False)  # rank 0 concludes
 
     def run() -> int:

@@ -35,9 +35,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from ..app.hydra_job import PROG, AppState, prepare, refuse, usage_error, with_hydra
+from ..app.hydra_job import PROG, AppState, prepare, with_hydra
 from ..app.sweep import Point, Sweep, check_subdir
-from ..errors import EXIT_USAGE, BadInput, message_of
+from ..errors import EXIT_USAGE, BadInput, message_of, refuse, usage_error
 from ..settings.app_config import (
     LaunchSettings,
     UsageError,

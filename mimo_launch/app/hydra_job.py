@@ -11,7 +11,6 @@ from omegaconf import DictConfig, open_dict
 
 from ..app.launch import claim_output
 from ..app.sweep import Sweep
-from ..errors import EXIT_USAGE, message_of
 from ..settings.app_config import LaunchSettings
 
 PROG = "mimo-launch"
@@ -35,21 +34,6 @@ class AppState:
             sys.stderr = cls.stderr
             sys.stderr.write(cls.held.getvalue())
             cls.held = None
-
-
-def usage_error(message: str, hint: str | None = None) -> int:
-    """Print `mimo-launch: error: MESSAGE` (and a hint line); return EXIT_USAGE."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    if hint:
-        print(f"{PROG}: hint: {hint}", file=sys.stderr)
-    return EXIT_USAGE
-
-
-def refuse(exc: BaseException) -> int:
-    """Print bad input `exc` (`errors.BadInput`) as its one line and hint; return its exit code
-    (`exit_code`, EXIT_USAGE where it carries none)."""
-    usage_error(*message_of(exc))
-    return getattr(exc, "exit_code", EXIT_USAGE)
 
 
 def prepare(settings: LaunchSettings) -> LaunchSettings:

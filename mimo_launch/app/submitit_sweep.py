@@ -144,8 +144,9 @@ def launch_points(launcher, job_overrides, initial_job_idx: int, plugin_launch) 
 
 
 def _point(launcher, num: int, overrides: list[str], given: dict, plugin_launch) -> int:
-    from ..app.hydra_job import PROG, AppState, prepare, refuse
+    from ..app.hydra_job import PROG, AppState, prepare
     from ..app.sweep import Point
+    from ..errors import refuse
 
     start, error = time.monotonic(), None
     cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)

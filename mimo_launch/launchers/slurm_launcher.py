@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from ..app.interrupts import describe, exit_code, held, one_run
 from ..compat import sbatch_script
-from ..errors import EXIT_NEVER_STARTED, EXIT_USAGE
+from ..errors import EXIT_NEVER_STARTED, refuse, usage_error
 from ..launchers.slurm_report import JobFiles, conclude
 from ..launchers.slurm_submit import allocation, make_executor
 from ..launchers.slurm_watch import follow
@@ -58,8 +58,7 @@ def launch_slurm(settings: LaunchSettings) -> tuple[int, Report | None]:
         alloc = allocation(settings)
         executor = make_executor(settings, alloc)
     except UsageError as exc:
-        print(f"mimo-launch: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE, None
+        return refuse(exc), None
     job = rank_job(settings, device=alloc.device)
     if settings.config.get("dry_run"):
         print(sbatch_script(executor), end="")
@@ -88,8 +87,7 @@ def launch_slurm(settings: LaunchSettings) -> tuple[int, Report | None]:
                       file=sys.stderr)
                 return exit_code(came[0]), None
             message = " ".join(str(exc).split())[:400]
-            print(f"mimo-launch: error: sbatch refused the job: {message}", file=sys.stderr)
-            return EXIT_USAGE, None
+            return usage_error(f"sbatch refused the job: {message}"), None
         job_id = str(submitted.job_id)
         (settings.run_dir / JOB_RECORD).write_text(
             json.dumps({"job_id": job_id, **record}, indent=2) + "\n")
@@ -121,8 +119,8 @@ def follow_and_report(job, job_id: str, files: JobFiles, settings: LaunchSetting
             report = conclude(job, job_id, files, followed)
             record_path.write_text(json.dumps(record | {"concluded": True}, indent=2) + "\n")
             if followed.never_started:
-                print(f"mimo-launch: error: {followed.never_started}", file=sys.stderr)
-                return EXIT_USAGE if followed.refused else EXIT_NEVER_STARTED, report
+                code = usage_error(followed.never_started)
+                return code if followed.refused else EXIT_NEVER_STARTED, report
         print(format_summary(report))
         print(f"report: {files.run_dir / REPORT_NAME}")
     return report.exit_code, report
@@ -146,8 +144,7 @@ def collect(run_dir: str) -> int:
                   if isinstance(exc, OSError)
                   else f"job.json has no {exc} (written by another mimo-launch version?)"
                   if isinstance(exc, KeyError) else str(exc).splitlines()[0])
-        print(f"mimo-launch: error: cannot collect {path}: {reason}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(f"cannot collect {path}: {reason}")
     job = rank_job(settings, device=record["device"])
     job_id = str(record["job_id"])
     print(f"mimo-launch: collecting job {job_id}; output in {path}", flush=True)

@@ -21,7 +21,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from ..errors import EXIT_FAILURE, EXIT_USAGE, BadInput, message_of
+from ..errors import EXIT_FAILURE, EXIT_USAGE, BadInput, message_of, usage_error
 
 
 def gpu_index(local_rank: int) -> int:
@@ -58,9 +58,7 @@ def task_settings(prog: str, is_rank0: bool, overrides: list[str], tasks, starte
     from ..settings.app_config import load_settings
 
     def usage(message: str) -> int:
-        if is_rank0:
-            print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
+        return usage_error(message, prog=prog) if is_rank0 else EXIT_USAGE
 
     terminated: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, _frame: terminated.append(signum))
