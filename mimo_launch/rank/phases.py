@@ -40,6 +40,8 @@ _ALARM_GRACE_S = 5
 RUN_PHASES = ALL_PHASES + (TEARDOWN_PHASE,)
 # The phases after the verdict: a failure there leaves a passing verification standing.
 AFTER_VERIFY = RUN_PHASES[RUN_PHASES.index("verify") + 1:]
+# The phases before it: a failure there means verification never ran.
+BEFORE_VERIFY = RUN_PHASES[:RUN_PHASES.index("verify")]
 FAULT_WHERE = ("start", "after_barrier")
 _FAULT_KINDS = ("kill_rank", "hang_rank", "slow_rank")
 

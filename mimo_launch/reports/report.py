@@ -21,7 +21,13 @@ from ..app.interrupts import exit_code
 from ..checks.health_report import health_lines
 from ..errors import EXIT_FAILURE, EXIT_HEALTH, EXIT_MISMATCH, EXIT_PASSED
 from ..mimo_config import MimoParallelismConfig
-from ..rank.phases import AFTER_VERIFY, ENTRYPOINT_PHASE, HEALTH_PHASE, TEARDOWN_PHASE
+from ..rank.phases import (
+    AFTER_VERIFY,
+    BEFORE_VERIFY,
+    ENTRYPOINT_PHASE,
+    HEALTH_PHASE,
+    TEARDOWN_PHASE,
+)
 from ..reports.atomic_file import write_text_atomic
 
 if TYPE_CHECKING:
@@ -176,9 +182,13 @@ _AFTER_VERIFY_NAMES = {HEALTH_PHASE: "health stage", ENTRYPOINT_PHASE: "entry po
 
 
 def verdict_line(report: Report) -> str:
+    """'mimo-launch verification PASSED: world size 8, backend gloo'; FAILED on a mismatch or a
+    failure in it; 'PASSED, entry point FAILED' after it; 'NOT RUN, grids FAILED' before it."""
     verdict = "PASSED" if report.passed and not report.failure else "FAILED"
     if report.failed_phase in AFTER_VERIFY and not report.mismatches:
         verdict = f"PASSED, {_AFTER_VERIFY_NAMES[report.failed_phase]} FAILED"
+    elif report.failed_phase in BEFORE_VERIFY and not report.mismatches:
+        verdict = f"NOT RUN, {report.failed_phase} FAILED"
     against = (f", verified against preset {report.verify_against} (verify_against)"
                if report.verify_against else "")
     return (f"mimo-launch verification {verdict}: world size {report.world_size}, "
