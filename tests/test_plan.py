@@ -64,6 +64,21 @@ def test_a_signal_while_the_plan_is_drawn_says_the_picture_is_not_written(tmp_pa
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("cluster,nodes", [
+    (["cluster=local_slurm"], "2 node(s) x 4 tasks"),  # CPU nodes: counted by tasks_per_node
+    (["cluster=local_slurm", "cluster.gpus_per_node=4"], "2 node(s) x 4 GPUs"),
+    ([], "1 node(s) x 8 GPUs"),  # a local run is planned for one GPU node
+])
+def test_the_plan_says_what_holds_each_rank_on_a_node(cluster, nodes, tmp_path):
+    proc = run_cli("mode=plan", "plan.picture=false", "plan.rank=5", *cluster, cwd=tmp_path,
+                   timeout=50)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"world size 8, {nodes}," in proc.stdout
+    slot = "GPU" if nodes.endswith("GPUs") else "task"
+    assert f"rank 5: node {5 // int(nodes.split()[-2])}, {slot} " in proc.stdout
+
+
+@pytest.mark.timeout(60)
 def test_plan_text_matches_the_oracle_for_vlm_16():
     cfg, world = _preset("vlm_16")
     plan = make_plan(cfg, world, ranks_per_node=8)

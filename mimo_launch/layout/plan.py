@@ -33,16 +33,17 @@ def check_plan_size(world_size: int) -> None:
                          f"held in memory); the world size {world_size:,} is larger")
 
 
-def ranks_per_node(cluster, override=None) -> int:
-    """Ranks (GPUs) per node: `override`, else the cluster's `gpus_per_node`, else its
-    `tasks_per_node` (a Slurm cluster's, `config_schema.SlurmCluster`), else 8 (a local run)."""
+def ranks_per_node(cluster, override=None) -> tuple[int, str]:
+    """Ranks per node, and what holds one rank ('GPU' or 'task'): `override` GPUs, else the
+    cluster's `gpus_per_node` GPUs, else its `tasks_per_node` tasks (a Slurm cluster's without
+    GPUs, `config_schema.SlurmCluster`), else 8 GPUs (a local run, planned for a GPU node)."""
     if override:
-        return int(override)
-    for key in ("gpus_per_node", "tasks_per_node"):
+        return int(override), "GPU"
+    for key, slot in (("gpus_per_node", "GPU"), ("tasks_per_node", "task")):
         value = getattr(cluster, key, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return DEFAULT_RANKS_PER_NODE
+            return value, slot
+    return DEFAULT_RANKS_PER_NODE, "GPU"
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Plan:
     modules: dict[str, ModulePlan]
     expected: ExpectedLayout
     config: MimoParallelismConfig  # validated: every DP resolved
+    rank_slot: str = "GPU"  # what holds one rank on a node: a GPU, or a Slurm task on CPUs
 
     @property
     def nodes(self) -> int:
@@ -100,9 +102,11 @@ class Plan:
 
 
 def make_plan(layout: MimoParallelismConfig, world_size: int,
-              ranks_per_node: int = DEFAULT_RANKS_PER_NODE) -> Plan:
-    """Validate `layout` for `world_size` ranks (MimoConfigError otherwise) and plan it.
-    ValueError above `MAX_PLAN_RANKS` ranks (`check_plan_size`)."""
+              ranks_per_node: int = DEFAULT_RANKS_PER_NODE, rank_slot: str = "GPU") -> Plan:
+    """Validate `layout` for `world_size` ranks (MimoConfigError otherwise) and plan it on
+    nodes of `ranks_per_node` ranks, each held by a `rank_slot` ('GPU', or a Slurm 'task' on
+    CPU nodes; `ranks_per_node` gives both). ValueError above `MAX_PLAN_RANKS` ranks
+    (`check_plan_size`)."""
     check_plan_size(world_size)
     if ranks_per_node < 1:
         raise ValueError(f"ranks per node must be >= 1, got {ranks_per_node}")
@@ -118,7 +122,7 @@ def make_plan(layout: MimoParallelismConfig, world_size: int,
             name, shape, ml.rank_offset, ml.rank_offset + ml.size,
             {kind: tuple(int(n) for n in ml.groups[kind].shape) for kind in ALL_GROUPS},
             np.sort(pp[:, 0]), np.sort(pp[:, -1]), split, ml)
-    return Plan(world_size, ranks_per_node, modules, expected, resolved)
+    return Plan(world_size, ranks_per_node, modules, expected, resolved, rank_slot)
 
 
 def format_members(members, limit: int = 8) -> str:
@@ -150,8 +154,9 @@ def format_plan(plan: Plan, ranks: list[int] = ()) -> str:
     """The plan as text: a header, a block per module, then each asked-for rank's groups."""
     g = plan.ranks_per_node
     kind = "colocated modules" if plan.config.colocated else "modules"
+    unit = f"{plan.rank_slot}s"
     lines = [f"mimo-launch plan: world size {plan.world_size}, {plan.nodes} node(s) x {g} "
-             f"GPUs, {len(plan.modules)} {kind} (nothing started)"]
+             f"{unit}, {len(plan.modules)} {kind} (nothing started)"]
     for mod in plan.modules.values():
         lines.append(f"  module {mod.name}: ranks [{mod.first_rank}, {mod.end_rank}) "
                      f"({mod.size} ranks)  {shape_text(mod.shape)}")
@@ -167,7 +172,7 @@ def format_plan(plan: Plan, ranks: list[int] = ()) -> str:
             lines.append("    PP1: every rank is both the first and the last stage")
         if mod.split_tp_groups:
             lines.append(f"    warning: {mod.split_tp_groups} of {mod.groups['tp'][0]} TP groups "
-                         f"span more than one node ({g} GPUs per node)")
+                         f"span more than one node ({g} {unit} per node)")
     for rank in ranks:
         lines.extend(rank_lines(plan, rank))
     return "\n".join(lines)
@@ -176,7 +181,7 @@ def format_plan(plan: Plan, ranks: list[int] = ()) -> str:
 def rank_lines(plan: Plan, rank: int) -> list[str]:
     """Every group `rank` belongs to, module by module, with its coordinates and stage."""
     g = plan.ranks_per_node
-    lines = [f"  rank {rank}: node {rank // g}, GPU {rank % g}"]
+    lines = [f"  rank {rank}: node {rank // g}, {plan.rank_slot} {rank % g}"]
     for mod in plan.modules.values():
         coords = plan.coords(mod.name, rank)
         if coords is None:

@@ -24,9 +24,10 @@ PLAN_STEM = "plan"
 
 
 def plan_for(settings: LaunchSettings) -> Plan:
-    """The settings' layout laid out on nodes of `plan.gpus_per_node` or the cluster's GPUs."""
-    per_node = ranks_per_node(settings.cluster, settings.plan.gpus_per_node)
-    return make_plan(settings.layout, settings.world_size, per_node)
+    """The settings' layout laid out on nodes of `plan.gpus_per_node` or the cluster's GPUs
+    (its tasks where it has none)."""
+    per_node, slot = ranks_per_node(settings.cluster, settings.plan.gpus_per_node)
+    return make_plan(settings.layout, settings.world_size, per_node, slot)
 
 
 def bad_ranks(report: Report) -> dict[int, str]:
