@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MIMO_LAUNCH, run_cli
-from mimo_launch.app.sweep import worst
+from mimo_launch.app.sweep import Point, worst
 
 
 def _one_error_line(proc) -> str:
@@ -168,6 +168,7 @@ def test_sigterm_after_a_points_verdict_keeps_it_and_stops_the_sweep(tmp_path):
                                       "'mimo.modules.language.tp'?)"]),
     ("+fault.phse=grids", ["unknown key 'fault.phse' (did you mean 'fault.phase'?)"]),
     ("fault.phase=bogus", ["fault.phase must be one of", "'bogus'"]),
+    ("fault.kill_rank=1", ["fault.phase must be one of", "when a fault is set, got null"]),
 ])
 def test_an_unknown_key_is_refused_with_the_closest_one(override, fragments, tmp_path):
     run_dir = tmp_path / "run"
@@ -312,3 +313,16 @@ def test_a_sweep_on_the_local_slurm_runs_one_job_per_point(slurm_cluster, tmp_pa
     failed = json.loads((sweep_dir / "1" / "report.json").read_text())
     assert failed["failed_ranks"] == [3] and failed["failed_phase"] == "grids"
     assert json.loads((sweep_dir / "0" / "report.json").read_text())["passed"] is True
+
+
+@pytest.mark.parametrize("given,shown", [
+    ("dry_run=True", "dry_run=true"),  # Hydra's spelling of a swept boolean
+    ("health.fail=False", "health.fail=false"),
+    ("+x=[True,False]", "+x=[true,false]"),
+    ("cluster.job_name='True'", "cluster.job_name='True'"),  # a quoted string stays
+    ("cluster.job_name=TrueNorth", "cluster.job_name=TrueNorth"),
+    ("entrypoint=examples.mimo_step\\:main", "entrypoint=examples.mimo_step:main"),
+])
+def test_a_sweep_point_is_labelled_as_the_user_wrote_it(given, shown):
+    assert Point(0, [given, "mimo=vlm_8"], "out").label == f"{shown} mimo=vlm_8"
+    assert Point(0, [], "out").label == "(defaults)"

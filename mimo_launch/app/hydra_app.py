@@ -205,7 +205,7 @@ def _sweep_point(cfg: DictConfig) -> int:
             AppState.refused = exc
             raise _Refused() from None
     point = Point(int(hc.job.num), [str(o) for o in hc.overrides.task], hc.runtime.output_dir)
-    print(f"{PROG}: sweep point #{point.num}: {' '.join(point.overrides) or '(defaults)'}",
+    print(f"{PROG}: sweep point #{point.num}: {point.label}",
           flush=True)
     start, error, unverified = time.monotonic(), None, None
     try:

@@ -154,7 +154,7 @@ def _point(launcher, num: int, overrides: list[str], given: dict, plugin_launch)
         cfg.hydra.job.num = num
     out = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
     point = Point(num, [str(o) for o in cfg.hydra.overrides.task], str(out))
-    print(f"{PROG}: sweep point #{num}: {' '.join(point.overrides) or '(defaults)'}", flush=True)
+    print(f"{PROG}: sweep point #{num}: {point.label}", flush=True)
     try:
         settings = settings_from_config(cfg, out)
         if settings.config.mode != "run" or settings.config.get("dry_run") or \

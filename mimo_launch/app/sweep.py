@@ -34,10 +34,14 @@ def verdict_of(code: int) -> str:
     return "interrupted" if code > 128 else VERDICTS.get(code, f"exit {code}")
 
 
-def unescape(override: str) -> str:
-    """An override as the user wrote it: without Hydra's backslash escapes
-    (`examples.mimo_step\\:main` -> `examples.mimo_step:main`)."""
-    return re.sub(r"\\(.)", r"\1", override)
+def as_written(override: str) -> str:
+    """An override of a sweep point as the user wrote it: without Hydra's backslash escapes
+    (`examples.mimo_step\\:main` -> `examples.mimo_step:main`), booleans spelled as in YAML
+    (Hydra writes a swept `dry_run=true` as Python's `dry_run=True`; a quoted 'True' keeps
+    its quotes, so only a boolean matches)."""
+    spelled = re.sub(r"(?<=[=,\[:])(True|False)(?=[,\]}]|$)",
+                     lambda m: m.group(1).lower(), override)
+    return re.sub(r"\\(.)", r"\1", spelled)
 
 
 def cell(text: str) -> str:
@@ -66,6 +70,11 @@ class Point:
     verdict: str = "passed"
     time_s: float = 0.0
     error: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The point's overrides as the user wrote them (`as_written`), or '(defaults)'."""
+        return " ".join(as_written(o) for o in self.overrides) or "(defaults)"
 
 
 @dataclass
@@ -143,8 +152,7 @@ class Sweep:
                 "| --- | --- | --- | --- | --- | --- |"]
         for p in self.points:
             verdict = p.verdict + (f": {p.error}" if p.error else "")
-            point = " ".join(unescape(o) for o in p.overrides) or "(defaults)"
-            rows.append(f"| {p.num} | {cell(point)} | {cell(verdict)} | {p.exit_code} | "
+            rows.append(f"| {p.num} | {cell(p.label)} | {cell(verdict)} | {p.exit_code} | "
                         f"{p.time_s:.1f} | {cell(p.run_dir)} |")
         end = (f"stopped by an interrupt after {len(self.points)} point(s)"
                if interrupted is not None else f"{len(self.points)} point(s)")
@@ -171,4 +179,5 @@ def check_subdir(subdir: str) -> None:
                          f"${{hydra.job.num}})")
 
 
-__all__ = ["Point", "cell", "check_subdir", "unescape", "SEVERITY", "Sweep", "verdict_of", "worst"]
+__all__ = ["Point", "cell", "check_subdir", "as_written", "SEVERITY", "Sweep", "verdict_of",
+           "worst"]

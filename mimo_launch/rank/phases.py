@@ -93,7 +93,7 @@ class FaultSpec:
         if (self.active or self.phase is not None) and self.phase not in RUN_PHASES:
             raise ValueError(f"fault.phase must be one of {', '.join(RUN_PHASES)}"
                              f"{' when a fault is set' if self.active else ''}, "
-                             f"got {self.phase!r}")
+                             f"got {'null' if self.phase is None else repr(self.phase)}")
         if self.where not in FAULT_WHERE:
             raise ValueError(f"fault.where must be one of {', '.join(FAULT_WHERE)}, got "
                              f"{self.where!r}")
