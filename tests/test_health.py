@@ -213,6 +213,23 @@ def test_a_rank_that_dies_in_the_health_stage_is_named_and_verification_kept(tmp
     assert report["health"] is None
 
 
+@pytest.mark.timeout(120)
+def test_a_step_that_outlasts_timeout_s_names_the_ranks_still_in_it(tmp_path):
+    """Rank 1 (vision, tp group [0, 1]) makes the first step, vision's tp all-reduce, last
+    several timeout_s (each iteration well under it); the ranks done with it time out at the
+    next step's barrier. Blamed: ranks 0-1, still in the step, not the ranks that waited."""
+    run_dir = tmp_path / "run"
+    proc = run_cli("check=health", "health.sizes=[1MiB]", "health.iters=50",
+                   "health.budget_s=600", "fault.slow_rank=1", "fault.slow_factor=100",
+                   "timeout_s=3", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=100)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["failed_phase"] == "health" and report["failed_ranks"] == [0, 1], report
+    assert "rank(s) 0-1 did not finish step 1/" in report["failure"], report["failure"]
+    assert "(tp all_reduce 1 MiB) within timeout_s" in report["failure"], report["failure"]
+    assert report["mismatches"] == [] and "verify" in report["timings"]
+
+
 def test_the_health_buffers_must_fit_the_memory_of_the_machines_ranks():
     settings = health_settings("health", {"sizes": ["1MiB", "64KiB"]})
     check_memory(settings, "gloo", 8, available=3 * 8 * MIB)  # 3 buffers x 1 MiB x 8 ranks

@@ -28,8 +28,10 @@ import torch.distributed as dist
 
 from ..checks.health_report import SEND_RECV, size_text
 from ..layout.group_kinds import dims_of
+from ..layout.rank_text import format_rank_set
 from ..mimo_builder import MimoGroups, comm_device
 from ..mimo_config import LANGUAGE_MODULE, MimoParallelismConfig
+from ..rank.phases import HEALTH_PHASE, PhaseError, PhaseTracker
 from ..settings.health_config import HealthSettings
 
 COLLECTIVE_KINDS = {
@@ -141,8 +143,10 @@ class HealthRun:
     """One rank's part of the stage; `run()` returns its records (plain dicts)."""
 
     def __init__(self, layout: MimoParallelismConfig, groups: MimoGroups,
-                 settings: HealthSettings, slow_factor: float | None = None, progress=None):
+                 settings: HealthSettings, slow_factor: float | None = None, progress=None,
+                 tracker: PhaseTracker | None = None):
         self.layout, self.groups, self.settings = layout, groups, settings
+        self.tracker = tracker  # names the ranks a step's barrier waited for (`_barrier`)
         self.rank = dist.get_rank()
         self.device = comm_device()
         self.sync = (torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None))
@@ -164,14 +168,36 @@ class HealthRun:
         for index, step in enumerate(steps):
             if self.progress is not None:
                 self.progress(index, steps)
-            dist.barrier()  # every group of the kind starts together
+            self._barrier(index, steps)  # every group of the kind starts together
             budget = self.settings.budget_s / per_kind[step.kind]
             if step.kind in P2P_KINDS:
                 records += self._links(step, budget)
             else:
                 records += self._collectives(step, budget)
-        dist.barrier()
+        self._barrier(len(steps), steps)
         return records
+
+    def _barrier(self, index: int, steps: list[Step]) -> None:
+        """The world barrier before step `index` (`len(steps)`: after the last). Each rank
+        marks its arrival first, so that where the barrier times out (a module whose step
+        outlasts timeout_s, the other module's ranks waiting) the ranks still in the step
+        before are named: PhaseError with them as `missing`, not the ranks that waited."""
+        if self.tracker is None:
+            dist.barrier()
+            return
+        mark = f"{HEALTH_PHASE}/step{index}"
+        self.tracker.reach(mark)
+        try:
+            dist.barrier()
+        except Exception as exc:
+            late = self.tracker.not_reached(mark)
+            if not late:
+                raise
+            before = (f"step {index}/{len(steps)} ({step_text(steps[index - 1])})" if index
+                      else "the first step")
+            raise PhaseError(HEALTH_PHASE, f"rank(s) {format_rank_set(late)} did not finish "
+                                           f"{before} within timeout_s; the others waited for "
+                                           f"them at the next barrier", late) from exc
 
     def _collectives(self, step: Step, budget: float) -> list[dict]:
         out = []
@@ -273,12 +299,15 @@ def gather_records(store, world_size: int, timeout_s: float) -> list[dict]:
     return out
 
 
+def step_text(step: Step) -> str:
+    """'tp all_reduce 64 KiB'."""
+    return f"{step.kind} {step.op} {size_text(step.size)}"
+
+
 def store_progress(store):
     """A `progress(index, steps)` writing 'i/n kind op size' to the store for the launcher."""
     def progress(index: int, steps: list[Step]) -> None:
-        step = steps[index]
-        store.set(f"{_KEY}progress", f"{index + 1}/{len(steps)} {step.kind} {step.op} "
-                                     f"{size_text(step.size)}")
+        store.set(f"{_KEY}progress", f"{index + 1}/{len(steps)} {step_text(steps[index])}")
     return progress
 
 

@@ -27,7 +27,7 @@ def run_health_stage(job, layout, groups, tracker: PhaseTracker, hosts: list[str
     with tracker.phase(HEALTH_PHASE):
         start = time.perf_counter()
         progress = store_progress(tracker.store) if rank == 0 else None
-        records = HealthRun(layout, groups, settings, slow, progress).run()
+        records = HealthRun(layout, groups, settings, slow, progress, tracker).run()
         share_records(tracker.store, rank, records)
         if rank != 0:
             return None

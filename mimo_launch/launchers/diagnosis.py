@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..layout.rank_text import format_rank_set
-from ..rank.phases import RUN_PHASES, TEARDOWN_PHASE, missing_ranks, rank_failures, rank_phase
+from ..rank.phases import (
+    RUN_PHASES,
+    TEARDOWN_PHASE,
+    blamed_by,
+    missing_ranks,
+    rank_failures,
+    rank_phase,
+)
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -79,8 +86,10 @@ def _stuck(store, phase: str, world_size: int, failures: list[tuple[int, str]]) 
 def diagnose(store, world_size: int, exits: list[RankExit], reason: str | None) -> Diagnosis:
     """Blame ranks that died, else ranks that never arrived at the phase that failed, else the
     ranks in that phase that recorded no error while others timed out (hung after its
-    barrier), else the rank whose error in that phase was recorded first (later errors there
-    are often its peers' collectives breaking).
+    barrier), else the ranks the first error in that phase names as the ones it waited for
+    (`phases.blamed_by`: ranks still in a health step that outlasted timeout_s), else the
+    rank whose error in that phase was recorded first (later errors there are often its
+    peers' collectives breaking).
 
     `reason` is the launcher's own cause (watchdog, Ctrl-C) when no rank died.
     """
@@ -108,6 +117,10 @@ def diagnose(store, world_size: int, exits: list[RankExit], reason: str | None) 
         ranks = stuck
         head = (f"phase '{phase}': rank(s) {format_rank_set(ranks)} did not finish (no error "
                 f"of theirs: hung after the phase's barrier, the others timed out waiting)")
+    elif in_phase and blamed_by(store, in_phase[0][0]):
+        ranks = blamed_by(store, in_phase[0][0])
+        head = (f"phase '{phase}': rank {in_phase[0][0]} timed out waiting for rank(s) "
+                f"{format_rank_set(ranks)}")
     elif in_phase:
         ranks = [in_phase[0][0]]
         head = f"phase '{phase}': rank {ranks[0]} failed"

@@ -209,6 +209,15 @@ class PhaseTracker:
         naming the ranks that have not (named on rank 0 only)."""
         self._wait(name, "closed", "finished", timedelta(seconds=timeout_s), "did not finish")
 
+    def reach(self, step: str) -> None:
+        """Record that this rank has reached `step`, a point inside the current phase that
+        every rank passes (a health step's barrier), for `not_reached`."""
+        self.store.set(_key("reached", step, self.rank), "1")
+
+    def not_reached(self, step: str) -> list[int]:
+        """The ranks that have not reached `step` (one look-up per rank: failure path only)."""
+        return _unmarked(self.store, "reached", step, self.world_size)
+
     def _mark(self, name: str, mark: str, count: str, gate: str) -> None:
         self.store.set(_key(mark, name, self.rank), "1")
         if self.store.add(_key(count, name), 1) == self.world_size:
@@ -226,9 +235,13 @@ class PhaseTracker:
 
     def record_failure(self, exc: BaseException) -> None:
         """Leave this rank's error in the store, numbered in the order errors arrive, for
-        whoever writes the report (best effort)."""
+        whoever writes the report (best effort), with the ranks it names as the cause
+        (`PhaseError.missing`: `blamed_by`)."""
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        missing = getattr(exc, "missing", None)
         try:
+            if missing:
+                self.store.set(_key("blame", self.rank), ",".join(map(str, missing)))
             seq = self.store.add(_key("failures"), 1)
             self.store.set(_key("fail", self.rank), f"{seq}|{self.current}: {message}"[:500])
         except Exception:  # noqa: BLE001 - the store may be gone with rank 0
@@ -322,6 +335,12 @@ def rank_phase(store, rank: int) -> str | None:
     """The phase `rank` last entered, or None if it never got that far."""
     key = _key("phase", rank)
     return store.get(key).decode() if store.check([key]) else None
+
+
+def blamed_by(store, rank: int) -> list[int]:
+    """The ranks `rank`'s recorded error names as its cause (it waited for them), or []."""
+    key = _key("blame", rank)
+    return [int(r) for r in store.get(key).decode().split(",")] if store.check([key]) else []
 
 
 def rank_failures(store, world_size: int) -> list[tuple[int, str]]:
