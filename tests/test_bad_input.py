@@ -117,14 +117,15 @@ CASES = {
                          ["cluster.env.Z must be a string or a number, got null"]),
     "an env variable that is not set": (
         ["cluster=local_slurm", "cluster.job_name=${oc.env:MIMO_TEST_NOT_SET}"],
-        ["cluster.job_name=${oc.env:MIMO_TEST_NOT_SET}: cannot resolve it",
+        ["cluster.job_name=${oc.env:MIMO_TEST_NOT_SET}: cannot resolve its interpolation",
          "'MIMO_TEST_NOT_SET' not found"]),
     "submitit folder outside the run directory": (
         ["cluster=local_slurm", "cluster.submitit_dir=../up"],
         ["cluster.submitit_dir must be a folder inside the run directory", "'../up'"]),
     "an env variable that is not set, outside the cluster": (
         ["timeout_s=${oc.env:MIMO_TEST_NOT_SET}"],
-        ["timeout_s: cannot resolve its interpolation", "'MIMO_TEST_NOT_SET' not found"]),
+        ["timeout_s=${oc.env:MIMO_TEST_NOT_SET}: cannot resolve its interpolation",
+         "'MIMO_TEST_NOT_SET' not found"]),
     "a plan on nodes a run refuses": (
         ["mode=plan", "cluster=local_slurm", "cluster.gpus_per_node=2"],
         ["cluster.tasks_per_node=4 but cluster.gpus_per_node=2"]),

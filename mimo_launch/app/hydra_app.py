@@ -60,13 +60,14 @@ def _validated(config: DictConfig, output_dir: str | None = None) -> LaunchSetti
     `~key`)."""
     from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
+    from ..settings.hydra_errors import unresolvable, value_as_written
+
     try:
         return (settings_from_config(config) if output_dir is None
                 else settings_from_config(config, output_dir))
     except InterpolationResolutionError as exc:
-        reason = str(exc).splitlines()[0]
-        raise UsageError(f"{exc.full_key or 'a value'}: cannot resolve its interpolation "
-                         f"({reason})") from None
+        key = exc.full_key or "a value"
+        raise UsageError(unresolvable(key, value_as_written(config, key), exc)) from None
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or str(exc).splitlines()[0]
         raise UsageError(f"the config has no key '{key}' (was it removed with ~{key}?); "

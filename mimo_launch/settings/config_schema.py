@@ -22,6 +22,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..settings.hydra_errors import unresolvable
+
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
 
 
@@ -151,8 +153,7 @@ def _resolved(node: DictConfig) -> dict:
             data[key] = (OmegaConf.to_container(value, resolve=True)
                          if isinstance(value, DictConfig | ListConfig) else value)
         except OmegaConfBaseException as exc:
-            reason = str(exc).splitlines()[0]
-            raise SchemaError(f"cluster.{key}={raw[key]}: cannot resolve it ({reason})") from None
+            raise SchemaError(unresolvable(f"cluster.{key}", raw[key], exc)) from None
     return data
 
 
