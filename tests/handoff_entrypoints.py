@@ -58,7 +58,7 @@ def record_reports(ctx):
     import json
 
     if ctx.rank == 0:
-        handoff = ctx.run_dir / "status" / "rank0.report.json"
+        handoff = ctx.run_dir / "status" / "report-rank0.json"
         seen = {"report.json": (ctx.run_dir / "report.json").exists(),
                 "handoff": json.loads(handoff.read_text()) if handoff.exists() else None}
         (ctx.run_dir / "reports_seen.json").write_text(json.dumps(seen))

@@ -2,7 +2,7 @@
 
 Rank 0 keeps its report current through the run (`keep_rank0_report`). Where a launcher
 concludes the run (`RankJob.launcher_concludes`: the local and Slurm launchers), rank 0 hands it
-over in `status/rank0.report.json` (`HANDOFF_NAME`) and the launcher writes report.json once,
+over in `status/report-rank0.json` (`HANDOFF_NAME`) and the launcher writes report.json once,
 rank 0's report merged with what the launcher knows (`failure_report`). Where none does (an
 sbatch script, torchrun, the sweep plugin's jobs), rank 0 is the concluder and keeps
 report.json itself, so that a job killed later still leaves its last verdict. Every file is
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..rank.rank_job import RankJob
 
 REPORT_NAME = "report.json"
-HANDOFF_NAME = "status/rank0.report.json"  # rank 0's report, for the launcher that concludes
+HANDOFF_NAME = "status/report-rank0.json"  # rank 0's report, for the launcher that concludes
 
 
 @dataclass
