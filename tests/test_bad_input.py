@@ -65,7 +65,7 @@ CASES = {
                                      ["mimo.special_token_ids", "5"]),
     "fault rank outside the world": (["fault.kill_rank=99", "fault.phase=grids"],
                                      ["fault.kill_rank=99", "[0, 8)"]),
-    "fault without a phase": (["fault.hang_rank=1"], ["fault.phase", "None"]),
+    "fault without a phase": (["fault.hang_rank=1"], ["fault.phase", "got null"]),
     "fault with an unknown phase": (["fault.hang_rank=1", "fault.phase=train"],
                                     ["fault.phase", "'train'"]),
     "verify against an unknown preset": (["verify_against=nope"], ["verify_against", "'nope'"]),

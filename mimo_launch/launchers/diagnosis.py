@@ -85,10 +85,10 @@ def _stuck(store, phase: str, world_size: int, failures: list[tuple[int, str]]) 
 
 def diagnose(store, world_size: int, exits: list[RankExit], reason: str | None) -> Diagnosis:
     """Blame ranks that died, else ranks that never arrived at the phase that failed, else the
-    ranks in that phase that recorded no error while others timed out (hung after its
-    barrier), else the ranks the first error in that phase names as the ones it waited for
-    (`phases.blamed_by`: ranks still in a health step that outlasted timeout_s), else the
-    rank whose error in that phase was recorded first (later errors there are often its
+    ranks the first error in that phase names as the ones it waited for (`phases.blamed_by`:
+    ranks still in a health step that outlasted timeout_s), else the ranks in that phase that
+    recorded no error while others timed out (hung after its barrier), else the rank whose
+    error in that phase was recorded first (later errors there are often its
     peers' collectives breaking).
 
     `reason` is the launcher's own cause (watchdog, Ctrl-C) when no rank died.
@@ -109,18 +109,20 @@ def diagnose(store, world_size: int, exits: list[RankExit], reason: str | None) 
         phase = reached[-1] if reached else "init"
     in_phase = [(r, m) for r, m in failures if m.split(":", 1)[0] == phase]
     ranks = missing_ranks(store, phase, world_size)
-    stuck = _stuck(store, phase, world_size, failures) if failures and not ranks else []
+    waited_for = blamed_by(store, in_phase[0][0]) if in_phase and not ranks else []
+    stuck = (_stuck(store, phase, world_size, failures)
+             if failures and not ranks and not waited_for else [])
     if ranks:
         verb = "did not finish it" if phase == TEARDOWN_PHASE else "did not arrive"
         head = f"phase '{phase}': rank(s) {format_rank_set(ranks)} {verb}"
+    elif waited_for:
+        ranks = waited_for
+        head = (f"phase '{phase}': rank {in_phase[0][0]} timed out waiting for rank(s) "
+                f"{format_rank_set(ranks)}")
     elif stuck:
         ranks = stuck
         head = (f"phase '{phase}': rank(s) {format_rank_set(ranks)} did not finish (no error "
                 f"of theirs: hung after the phase's barrier, the others timed out waiting)")
-    elif in_phase and blamed_by(store, in_phase[0][0]):
-        ranks = blamed_by(store, in_phase[0][0])
-        head = (f"phase '{phase}': rank {in_phase[0][0]} timed out waiting for rank(s) "
-                f"{format_rank_set(ranks)}")
     elif in_phase:
         ranks = [in_phase[0][0]]
         head = f"phase '{phase}': rank {ranks[0]} failed"
