@@ -2,7 +2,8 @@
 (standard library only: every layer uses it).
 
 The command's exit codes (`cli.py`): 0 verification passed; 1 a mismatch; 2 bad input, nothing
-started (`UsageError`); 3 a failure while running (a rank died, hung or raised, a job failed);
+started (`UsageError`); 3 a failure while running (a rank died, hung or raised, a job failed)
+or Slurm that did not answer sbatch;
 4 a communication-health problem (check=health with health.fail); 5 a Slurm job still pending
 after cluster.pending_timeout_min (cancelled); 128 + the signal when interrupted
 (`interrupts.exit_code`: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP); 141 stdout closed early.

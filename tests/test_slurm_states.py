@@ -61,6 +61,33 @@ def test_a_run_dir_slurm_would_rewrite_is_refused_before_submitting(slurm_cluste
 
 @pytest.mark.slurm
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("case", ["refused", "no controller"])
+def test_a_failed_sbatch_is_one_line_exit_2_when_refused_3_when_slurm_does_not_answer(
+        slurm_cluster, case, tmp_path):
+    """sbatch refusing the job is bad input (exit 2); Slurm's controller not answering (a copy
+    of the cluster's slurm.conf pointing at a port nobody listens on) is not (exit 3). Either
+    way one line, sbatch's words once, and no job."""
+    env, args = {}, ["cluster.partition=nosuch"]
+    if case == "no controller":
+        conf = Path(os.environ.get("MIMO_SLURM_DIR", "/tmp/mimo-slurm")) / "etc" / "slurm.conf"
+        dead = re.sub(r"(?m)^SlurmctldPort=.*$", "SlurmctldPort=1", conf.read_text())
+        (tmp_path / "slurm.conf").write_text(dead)
+        env, args = {"SLURM_CONF": str(tmp_path / "slurm.conf")}, []
+    proc = _cli("cluster=local_slurm", *args, f"hydra.run.dir={tmp_path / 'run'}",
+                cwd=tmp_path, timeout=80, **env)
+    line = _one_error_line(proc)
+    if case == "refused":
+        assert proc.returncode == 2 and "sbatch refused the job: " in line, line
+        assert "nvalid partition" in line, line
+    else:
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert "Slurm did not answer sbatch, nothing was submitted" in line, line
+        assert line.count("Unable to contact slurm controller") == 1, line
+    assert "submitted job" not in proc.stdout and not (tmp_path / "run" / "job.json").exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(90)
 def test_a_job_that_can_never_start_is_cancelled_with_exit_2(slurm_cluster, tmp_path):
     """8 CPUs per task on nodes of 4: Slurm keeps it PENDING (PartitionConfig) forever."""
     proc = _cli("cluster=local_slurm", "cluster.cpus_per_task=8",

@@ -1,11 +1,12 @@
-"""Submit the ranks to Slurm with submitit, follow the job, print the report rank 0 wrote.
+"""Submit the ranks to Slurm with submitit, follow the job, write and print the run's report.
 
 The submitting process (a login node; it needs no GPU) checks the allocation and the paths
 before anything is submitted (`slurm_submit`, exit 2), submits one job of nodes x
 tasks_per_node tasks running `slurm_task.run_task`, records it in `<run dir>/job.json`, follows
-it (`slurm_watch`: its state and pending reason on each change) and ends with rank 0's
-report.json, completed with Slurm's facts where it is a failure (`slurm_report`). Exit codes:
-0 pass, 1 mismatch, 2 bad input or a pending reason that can never clear, 3 failure, 5 still
+it (`slurm_watch`: its state and pending reason on each change) and writes report.json once:
+the report rank 0 handed over, completed with Slurm's facts where it is a failure
+(`slurm_report`). Exit codes: 0 pass, 1 mismatch, 2 bad input (sbatch refused the job) or a
+pending reason that can never clear, 3 failure (or Slurm did not answer sbatch), 5 still
 pending after `cluster.pending_timeout_min` (cancelled), 130/143/129 Ctrl-C/SIGTERM/SIGHUP (the
 job is cancelled, running, pending or just submitted; a second signal does not cut the cancel
 or the report short).
@@ -28,7 +29,7 @@ from ..app.interrupts import describe, exit_code, held, one_run
 from ..compat import sbatch_script
 from ..errors import EXIT_NEVER_STARTED, refuse, usage_error
 from ..launchers.slurm_report import JobFiles, conclude
-from ..launchers.slurm_submit import allocation, make_executor
+from ..launchers.slurm_submit import allocation, make_executor, sbatch_failure, submit
 from ..launchers.slurm_watch import follow
 from ..rank.rank_job import rank_job
 from ..reports.report import REPORT_NAME, Report, format_summary, read_report
@@ -79,15 +80,16 @@ def launch_slurm(settings: LaunchSettings) -> tuple[int, Report | None]:
 
     with held() as came:  # a job submitted is recorded, and cancelled if a signal came
         try:
-            submitted = executor.submit(run_task, job)
+            submitted = submit(executor, run_task, job)
         except (FailedJobError, FailedSubmissionError, subprocess.SubprocessError,
                 OSError) as exc:
             if came:  # a signal to the process group stopped sbatch too
                 print(f"mimo-launch: interrupted ({describe(came[0])}) while submitting",
                       file=sys.stderr)
                 return exit_code(came[0]), None
-            message = " ".join(str(exc).split())[:400]
-            return usage_error(f"sbatch refused the job: {message}"), None
+            line, code = sbatch_failure(exc)
+            usage_error(line)
+            return code, None
         job_id = str(submitted.job_id)
         (settings.run_dir / JOB_RECORD).write_text(
             json.dumps({"job_id": job_id, **record}, indent=2) + "\n")

@@ -7,10 +7,14 @@ sbatch, srun and pyxis unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..errors import EXIT_FAILURE, EXIT_USAGE
 from ..settings.app_config import DEVICES, LaunchSettings, UsageError
 from ..settings.config_schema import SlurmCluster
 from ..slurm_task import WARNING_SIGNAL
@@ -19,6 +23,9 @@ from ..slurm_task import WARNING_SIGNAL
 # (`%j` job id, `%x` job name, `%t` task...: sbatch(1) "filename pattern"), and submitit writes
 # the paths unquoted into the batch script, so whitespace, quotes and shell characters break it.
 _PATH_SAFE = frozenset("/._-+=@,:~")
+# sbatch's words when Slurm itself, not the job, is the problem (slurmctld down or overloaded)
+_SLURM_UNAVAILABLE = ("unable to contact slurm controller", "socket timed out",
+                      "temporarily unable to accept", "not responding")
 # Image files pyxis reads from disk; a relative one is taken for a registry image name.
 _IMAGE_FILES = (".sqsh", ".squashfs", ".sqfs")
 
@@ -128,6 +135,29 @@ def make_executor(settings: LaunchSettings, alloc: Allocation):
     except ValueError as exc:
         raise UsageError(str(exc).splitlines()[0]) from None
     return executor
+
+
+def submit(executor, function, *args):
+    """`executor.submit(function, *args)`: the submitted job. Raises what submitit raises
+    when sbatch fails (FailedJobError, FailedSubmissionError, subprocess errors, OSError);
+    submitit's own print of sbatch's error is held back, the caller says it in one line
+    (`sbatch_failure`). Anything else written to stderr meanwhile goes out."""
+    held = io.StringIO()
+    with contextlib.redirect_stderr(held):  # on a failure: sbatch's stderr, also in the error
+        submitted = executor.submit(function, *args)
+    sys.stderr.write(held.getvalue())
+    return submitted
+
+
+def sbatch_failure(exc: BaseException) -> tuple[str, int]:
+    """(one line, exit code) for a submission that failed: EXIT_FAILURE where Slurm did not
+    answer (its controller down or busy: nothing was submitted, try again), EXIT_USAGE where
+    sbatch refused the job (a partition, account or limit the cluster does not have)."""
+    message = " ".join(str(exc).split())[:400]
+    if any(words in message.lower() for words in _SLURM_UNAVAILABLE):
+        return (f"Slurm did not answer sbatch, nothing was submitted (is slurmctld up? "
+                f"`scontrol ping`): {message}", EXIT_FAILURE)
+    return f"sbatch refused the job: {message}", EXIT_USAGE
 
 
 def submitit_folder(settings: LaunchSettings) -> Path:
