@@ -100,7 +100,8 @@ def test_a_slow_link_names_its_host(tmp_path: Path):
     # TP2 x DP2: every rank is in a tp and a dp group, each with a different peer host
     job = RankJob(layout=layout(language=dict(tp=2, dp=2)), world_size=HOSTS,
                   run_dir=str(run_dir), timeout_s=30,
-                  health=HealthSettings(sizes=(65536,), warmup=1, iters=5, fail=True))
+                  health=HealthSettings(sizes=(65536,), warmup=1, iters=5, fail=True),
+                  launcher_concludes=False)  # no launcher here: rank 0 writes report.json
 
     with NamespaceHosts(f"mh{os.getpid() % 100000}") as hosts:
         hosts.slow_down(SLOW)

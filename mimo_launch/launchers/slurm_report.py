@@ -20,7 +20,13 @@ from ..launchers.slurm_watch import Followed, final_state
 from ..layout.rank_text import format_rank_set
 from ..rank.phases import ENTRYPOINT_PHASE, TEARDOWN_PHASE, teardown_failure
 from ..rank.rank_status import TEARDOWN_OVERDUE, read_statuses
-from ..reports.report import Report, failure_report, read_rank0_report, write_report
+from ..reports.report import (
+    Report,
+    failure_report,
+    read_rank0_report,
+    read_report,
+    write_report,
+)
 
 _SRUN_ERROR = re.compile(r"srun: error: (\S+): tasks? ([\d,\-]+): (.+)")
 # srun's words for a task it stopped itself, or one that ended with an exit code
@@ -141,7 +147,8 @@ def conclude(job, job_id: str, files: JobFiles, followed: Followed) -> Report:
 def _concluded(job, job_id: str, files: JobFiles, followed: Followed) -> Report:
     run_dir = Path(job.run_dir)
     state, code = final_state(job_id)
-    report = read_rank0_report(job)
+    # rank 0's hand-off; report.json for a job submitted by a version without hand-offs
+    report = read_rank0_report(job) or read_report(run_dir)
     if report is not None and not report.failure and state == "COMPLETED" \
             and not followed.interrupted:
         return report

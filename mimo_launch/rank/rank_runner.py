@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .. import compat
 from ..checks.health_stage import run_health_stage
 from ..checks.verify import verify
 from ..entrypoint import EntrypointContext, resolve_entrypoint, run_entrypoint
@@ -107,7 +108,8 @@ def run_rank(job: RankJob, rank: int, store, local_rank: int = 0, on_phase=None,
     try:
         layout = job.layout  # resolved for the world (RankJob)
         function = None
-        if job.entrypoint:  # imports (seconds) before the first barrier, not inside one
+        compat.load_hypercomm_grid()  # imports before the first barrier, not inside one
+        if job.entrypoint:  # (seconds: megatron-core's package init)
             function = resolve_entrypoint(job.entrypoint, job.entrypoint_dir)
             process_group_collection_class()
         with tracker.phase("init"):
