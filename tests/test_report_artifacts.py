@@ -22,7 +22,7 @@ from mimo_launch.reports.rankmap import (
     draw_rankmap,
     figure_size,
 )
-from mimo_launch.reports.report import Report
+from mimo_launch.reports.report import Report, verdict_line
 from mimo_launch.settings.app_config import layout_from
 
 
@@ -260,3 +260,20 @@ def test_an_interrupt_after_the_verdict_names_exactly_the_files_not_written(tmp_
     assert out.stdout.strip().splitlines()[-1] == "['report.md']", out.stdout
     assert ("mimo-launch: interrupted (SIGTERM) after the verdict: the rank map was not "
             "written; the verdict above and report.json stand") in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("fields,verdict", [
+    ({"passed": True}, "PASSED: world size 8, backend gloo"),
+    ({"failure": "x", "failed_phase": "verify"}, "FAILED: world size 8"),
+    ({"mismatches": [{}], "verify_against": "p"}, "FAILED: world size 8, backend gloo, "
+                                                   "verified against preset p"),
+    ({"failure": "x", "failed_phase": "grids", "verify_against": "p"},
+     "NOT RUN, grids FAILED: world size 8, backend gloo, to verify against preset p"),
+    ({"failure": "interrupted before the ranks started"}, "NOT RUN: world size 8"),
+    ({"failure": "x", "timings": {"verify": 0.1}}, "FAILED: world size 8"),
+    ({"failure": "x", "failed_phase": "entrypoint"}, "PASSED, entry point FAILED: world size"),
+])
+def test_the_verdict_line_says_whether_verification_ran(fields, verdict):
+    report = Report(**{"passed": False, "world_size": 8, "backend": "gloo", **fields})
+    assert verdict_line(report).startswith(f"mimo-launch verification {verdict}")
+

@@ -183,14 +183,20 @@ _AFTER_VERIFY_NAMES = {HEALTH_PHASE: "health stage", ENTRYPOINT_PHASE: "entry po
 
 def verdict_line(report: Report) -> str:
     """'mimo-launch verification PASSED: world size 8, backend gloo'; FAILED on a mismatch or a
-    failure in it; 'PASSED, entry point FAILED' after it; 'NOT RUN, grids FAILED' before it."""
+    failure in it; 'PASSED, entry point FAILED' after it; 'NOT RUN, grids FAILED' before it
+    ('NOT RUN' alone where no rank got as far as a phase: interrupted, never started)."""
     verdict = "PASSED" if report.passed and not report.failure else "FAILED"
-    if report.failed_phase in AFTER_VERIFY and not report.mismatches:
-        verdict = f"PASSED, {_AFTER_VERIFY_NAMES[report.failed_phase]} FAILED"
-    elif report.failed_phase in BEFORE_VERIFY and not report.mismatches:
-        verdict = f"NOT RUN, {report.failed_phase} FAILED"
-    against = (f", verified against preset {report.verify_against} (verify_against)"
-               if report.verify_against else "")
+    phase, clean = report.failed_phase, report.failure and not report.mismatches
+    if phase in AFTER_VERIFY and not report.mismatches:
+        verdict = f"PASSED, {_AFTER_VERIFY_NAMES[phase]} FAILED"
+    elif clean and phase in BEFORE_VERIFY:
+        verdict = f"NOT RUN, {phase} FAILED"
+    elif clean and phase is None and "verify" not in report.timings:
+        verdict = "NOT RUN"
+    preset = report.verify_against
+    against = ("" if not preset else f", to verify against preset {preset} (verify_against)"
+               if verdict.startswith("NOT RUN")
+               else f", verified against preset {preset} (verify_against)")
     return (f"mimo-launch verification {verdict}: world size {report.world_size}, "
             f"backend {report.backend}{against}")
 
