@@ -66,7 +66,7 @@ def run_plan(settings: LaunchSettings) -> int:
         try:
             paths = _draw(plan, settings.run_dir / PLAN_STEM,
                           title=f"plan: {settings.world_size} ranks, {plan.nodes} node(s) x "
-                                f"{plan.ranks_per_node} GPUs")
+                                f"{plan.ranks_per_node} {plan.rank_slot}s")
         except KeyboardInterrupt:
             print(f"mimo-launch: {PLAN_STEM}.png not written (interrupted while drawing); the "
                   f"plan above is complete", file=sys.stderr, flush=True)

@@ -138,7 +138,7 @@ def _detailed(plan: Plan, geo: Geometry, top: float, canvas: _Canvas, colours, f
     g, names = plan.ranks_per_node, list(plan.modules)
     gap_w, gap_h = geo.cell_w * 0.06, geo.cell_h * 0.08
     for col in range(geo.cols):
-        canvas.text(_LEFT + (col + 0.5) * geo.cell_w, top - 0.08, f"GPU {col}",
+        canvas.text(_LEFT + (col + 0.5) * geo.cell_w, top - 0.08, f"{plan.rank_slot} {col}",
                     ha="center", va="bottom", fontsize=geo.font)
     for rank in range(plan.world_size):
         node, gpu = divmod(rank, g)
@@ -306,7 +306,8 @@ def draw_rankmap(plan: Plan, stem: Path, failed=(), title: str = "",
     width, height = geo.size
     colours = module_colours(plan)
     canvas = _Canvas()
-    mode = "one cell per node" if geo.aggregated else f"{plan.ranks_per_node} GPUs per node"
+    mode = ("one cell per node" if geo.aggregated
+            else f"{plan.ranks_per_node} {plan.rank_slot}s per node")
     canvas.text(0.2, 0.25, title or f"rank map: {plan.world_size} ranks, {plan.nodes} node(s), "
                 f"{mode}", va="center", fontsize=12, fontweight="bold")
     _legend(plan, _TITLE, canvas, colours, failed)
