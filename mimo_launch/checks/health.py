@@ -190,14 +190,20 @@ class HealthRun:
         try:
             dist.barrier()
         except Exception as exc:
-            late = self.tracker.not_reached(mark)
+            try:
+                late = self.tracker.not_reached(mark)
+            except Exception:  # noqa: BLE001 - the store is gone too: the barrier's error
+                late = []
             if not late:
                 raise
-            before = (f"step {index}/{len(steps)} ({step_text(steps[index - 1])})" if index
-                      else "the first step")
-            raise PhaseError(HEALTH_PHASE, f"rank(s) {format_rank_set(late)} did not finish "
-                                           f"{before} within timeout_s; the others waited for "
-                                           f"them at the next barrier", late) from exc
+            what = (f"did not finish step {index}/{len(steps)} ({step_text(steps[index - 1])})"
+                    if index else "did not reach the first step")
+            said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = "timeout_s ran out" if "timed out" in said.lower() else said
+            raise PhaseError(HEALTH_PHASE, f"rank(s) {format_rank_set(late)} {what} while the "
+                                           f"others waited at the barrier "
+                                           f"{'after' if index else 'before'} it ({reason})",
+                             late) from exc
 
     def _collectives(self, step: Step, budget: float) -> list[dict]:
         out = []
