@@ -23,9 +23,10 @@ from ..slurm_task import WARNING_SIGNAL
 # (`%j` job id, `%x` job name, `%t` task...: sbatch(1) "filename pattern"), and submitit writes
 # the paths unquoted into the batch script, so whitespace, quotes and shell characters break it.
 _PATH_SAFE = frozenset("/._-+=@,:~")
-# sbatch's words when Slurm itself, not the job, is the problem (slurmctld down or overloaded)
-_SLURM_UNAVAILABLE = ("unable to contact slurm controller", "socket timed out",
-                      "temporarily unable to accept", "not responding")
+# sbatch's words when Slurm itself, not the job, is the problem: slurmctld down (nothing was
+# queued), or busy (a timed-out request may still have queued the job)
+_SLURM_DOWN = ("unable to contact slurm controller", "temporarily unable to accept")
+_SLURM_BUSY = ("socket timed out", "not responding")
 # Image files pyxis reads from disk; a relative one is taken for a registry image name.
 _IMAGE_FILES = (".sqsh", ".squashfs", ".sqfs")
 
@@ -140,8 +141,9 @@ def make_executor(settings: LaunchSettings, alloc: Allocation):
 def submit(executor, function, *args):
     """`executor.submit(function, *args)`: the submitted job. Raises what submitit raises
     when sbatch fails (FailedJobError, FailedSubmissionError, subprocess errors, OSError);
-    submitit's own print of sbatch's error is held back, the caller says it in one line
-    (`sbatch_failure`). Anything else written to stderr meanwhile goes out."""
+    submitit's own print of sbatch's error is held back then (the error carries it, and the
+    caller says it in one line: `sbatch_failure`). After a submission, whatever was written to
+    stderr meanwhile goes out."""
     held = io.StringIO()
     with contextlib.redirect_stderr(held):  # on a failure: sbatch's stderr, also in the error
         submitted = executor.submit(function, *args)
@@ -151,12 +153,17 @@ def submit(executor, function, *args):
 
 def sbatch_failure(exc: BaseException) -> tuple[str, int]:
     """(one line, exit code) for a submission that failed: EXIT_FAILURE where Slurm did not
-    answer (its controller down or busy: nothing was submitted, try again), EXIT_USAGE where
-    sbatch refused the job (a partition, account or limit the cluster does not have)."""
+    answer (its controller down: nothing was submitted; or busy: the job may have been queued
+    all the same), EXIT_USAGE where sbatch refused the job (a partition, account or limit the
+    cluster does not have)."""
     message = " ".join(str(exc).split())[:400]
-    if any(words in message.lower() for words in _SLURM_UNAVAILABLE):
+    said = message.lower()
+    if any(words in said for words in _SLURM_DOWN):
         return (f"Slurm did not answer sbatch, nothing was submitted (is slurmctld up? "
                 f"`scontrol ping`): {message}", EXIT_FAILURE)
+    if any(words in said for words in _SLURM_BUSY):
+        return (f"Slurm did not answer sbatch in time; the job may have been queued all the "
+                f"same (`squeue --me`): {message}", EXIT_FAILURE)
     return f"sbatch refused the job: {message}", EXIT_USAGE
 
 
