@@ -119,6 +119,9 @@ CASES = {
         ["cluster=local_slurm", "cluster.job_name=${oc.env:MIMO_TEST_NOT_SET}"],
         ["cluster.job_name=${oc.env:MIMO_TEST_NOT_SET}: cannot resolve its interpolation",
          "'MIMO_TEST_NOT_SET' not found"]),
+    "a cluster value left ???": (["cluster=local_slurm", "cluster.account=???"],
+                                 ["cluster.account must be given a value (it is ??? in the"]),
+    "a value left ???": (["timeout_s=???"], ["timeout_s must be given a value"]),
     "submitit folder outside the run directory": (
         ["cluster=local_slurm", "cluster.submitit_dir=../up"],
         ["cluster.submitit_dir must be a folder inside the run directory", "'../up'"]),

@@ -58,14 +58,18 @@ def _validated(config: DictConfig, output_dir: str | None = None) -> LaunchSetti
     """`settings_from_config`, with OmegaConf's errors as a UsageError (one line): a value
     whose interpolation cannot be resolved, or a key the composed config lacks (removed with
     `~key`)."""
-    from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
+    from omegaconf.errors import (
+        InterpolationResolutionError,
+        MissingMandatoryValue,
+        OmegaConfBaseException,
+    )
 
     from ..settings.hydra_errors import unresolvable, value_as_written
 
     try:
         return (settings_from_config(config) if output_dir is None
                 else settings_from_config(config, output_dir))
-    except InterpolationResolutionError as exc:
+    except (InterpolationResolutionError, MissingMandatoryValue) as exc:
         key = exc.full_key or "a value"
         raise UsageError(unresolvable(key, value_as_written(config, key), exc)) from None
     except OmegaConfBaseException as exc:

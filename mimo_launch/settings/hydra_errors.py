@@ -153,7 +153,11 @@ def unresolvable(key: str, raw, exc: BaseException) -> str:
     """The one line for a value whose interpolation cannot be resolved (`${oc.env:UNSET}`, a
     key that is not in the config, a recursion), in and outside the cluster section:
     'KEY=RAW: cannot resolve its interpolation (OmegaConf's reason)'; RAW as written, where
-    known (None: left out)."""
+    known (None: left out). A value left as `???` is 'KEY must be given a value'."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(exc, MissingMandatoryValue):
+        return f"{key} must be given a value (it is ??? in the config)"
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     shown = key if raw is None else f"{key}={raw}"
     return f"{shown}: cannot resolve its interpolation ({reason})"
