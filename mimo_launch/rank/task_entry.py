@@ -21,7 +21,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from ..errors import EXIT_FAILURE, EXIT_USAGE, BadInput, message_of, usage_error
+from ..errors import EXIT_FAILURE, EXIT_USAGE, BadInput, refuse, usage_error
 
 
 def gpu_index(local_rank: int) -> int:
@@ -70,7 +70,7 @@ def task_settings(prog: str, is_rank0: bool, overrides: list[str], tasks, starte
 
             check_health_memory(replace(settings, device=device), ranks_on_node)
     except BadInput as exc:
-        return usage(message_of(exc)[0])
+        return refuse(exc, prog=prog) if is_rank0 else EXIT_USAGE
     finally:
         signal.signal(signal.SIGTERM, previous)
     if str(settings.world_size) != str(tasks):
