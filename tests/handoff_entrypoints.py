@@ -62,3 +62,10 @@ def record_reports(ctx):
         seen = {"report.json": (ctx.run_dir / "report.json").exists(),
                 "handoff": json.loads(handoff.read_text()) if handoff.exists() else None}
         (ctx.run_dir / "reports_seen.json").write_text(json.dumps(seen))
+
+
+def block_report_json(ctx):
+    """Rank 0 puts a directory where report.json is to go, so that the launcher cannot write
+    it (as a full or read-only disk would refuse it)."""
+    if ctx.rank == 0:
+        (ctx.run_dir / "report.json").mkdir()

@@ -88,6 +88,18 @@ def test_the_launcher_writes_report_json_once_from_rank_0s_hand_off(cluster, req
 
 
 @pytest.mark.timeout(120)
+def test_a_report_json_the_launcher_cannot_write_fails_the_run_after_the_verdict(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(f"entrypoint={FAULTS}:block_report_json", f"hydra.run.dir={run_dir}",
+                   cwd=REPO)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "mimo-launch verification PASSED, report.json FAILED" in proc.stdout, proc.stdout
+    assert "report.json could not be written: [Errno 21] Is a directory" in proc.stdout
+    assert (run_dir / "report.json").is_dir()  # nothing half-written over it
+
+
+@pytest.mark.timeout(120)
 def test_each_local_rank_has_torchruns_variables_not_the_shells(tmp_path):
     # a shell's stale WORLD_SIZE would size HyperCommGrid's grids (it reads the environment
     # first): each rank's own replaces it

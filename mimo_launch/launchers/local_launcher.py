@@ -35,7 +35,7 @@ from ..rank.phases import (
     teardown_overdue,
 )
 from ..rank.rank_runner import RankJob, rank_environment, run_rank
-from ..reports.report import Report, failure_report, read_rank0_report, write_report
+from ..reports.report import Report, failure_report, read_rank0_report, write_final_report
 from ..settings.app_config import LaunchSettings
 
 _POLL_S = 0.05
@@ -307,8 +307,7 @@ def launch_local(job: RankJob, watchdog_s: float | None = None,
         report = read_rank0_report(job)
         if not run.ok or report is None:
             report = _failure_report(job, run, report)
-        write_report(Path(job.run_dir), report)
-        return report
+        return write_final_report(job, report)
 
 
 def _failure_report(job: RankJob, run: LocalRun, partial: Report | None) -> Report:

@@ -25,7 +25,7 @@ from ..reports.report import (
     failure_report,
     read_rank0_report,
     read_report,
-    write_report,
+    write_final_report,
 )
 
 _SRUN_ERROR = re.compile(r"srun: error: (\S+): tasks? ([\d,\-]+): (.+)")
@@ -139,9 +139,7 @@ def conclude(job, job_id: str, files: JobFiles, followed: Followed) -> Report:
     """The run's report, written once to report.json: the one rank 0 handed over, completed
     with the Slurm facts when it is a failure (see the module docstring;
     `report.failure_report` merges them)."""
-    report = _concluded(job, job_id, files, followed)
-    write_report(files.run_dir, report)
-    return report
+    return write_final_report(job, _concluded(job, job_id, files, followed))
 
 
 def _concluded(job, job_id: str, files: JobFiles, followed: Followed) -> Report:

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 REPORT_NAME = "report.json"
 HANDOFF_NAME = "status/report-rank0.json"  # rank 0's report, for the launcher that concludes
+# A failed report's `failed_phase` when the concluder could not write report.json: not a rank's
+# phase, and after the verdict, which stands
+REPORT_WRITE = "report"
 
 
 @dataclass
@@ -145,6 +148,21 @@ def read_report(run_dir: Path, name: str = REPORT_NAME) -> Report | None:
     return Report.from_dict(json.loads(path.read_text()))
 
 
+def write_final_report(job: RankJob, report: Report) -> Report:
+    """The concluder's one write of report.json; returns the run's report. Where it cannot be
+    written (OSError: a full disk, a read-only or replaced path) the run fails: the report
+    returned (printed, not written) says why, with the verdict it carried."""
+    try:
+        write_report(Path(job.run_dir), report)
+        return report
+    except OSError as exc:
+        why = f"report.json could not be written: {exc}"
+        if report.failure:  # the run's own failure stays first
+            return failure_report(job, report, f"{report.failure}\n{why}", report.failed_phase,
+                                  report.failed_ranks, report.interrupted_by)
+        return failure_report(job, report, why, REPORT_WRITE, [], report.interrupted_by)
+
+
 def rank0_report_name(job: RankJob) -> str:
     """Where rank 0 keeps its report during `job`: the hand-off for the launcher that concludes
     the run, else report.json itself (see the module docstring)."""
@@ -177,8 +195,9 @@ def shape_text(shape: dict[str, int]) -> str:
     """A module's sizes as 'TP2 CP1 ETP1 PP2 DP2' (keys in the dict's order)."""
     return " ".join(f"{k.upper()}{v}" for k, v in shape.items())
 
+_AFTER_VERDICT = AFTER_VERIFY + (REPORT_WRITE,)  # a failure there leaves the verdict standing
 _AFTER_VERIFY_NAMES = {HEALTH_PHASE: "health stage", ENTRYPOINT_PHASE: "entry point",
-                       TEARDOWN_PHASE: "teardown"}
+                       TEARDOWN_PHASE: "teardown", REPORT_WRITE: "report.json"}
 
 
 def verdict_line(report: Report) -> str:
@@ -187,8 +206,8 @@ def verdict_line(report: Report) -> str:
     ('NOT RUN' alone where no rank got as far as a phase: interrupted, never started)."""
     verdict = "PASSED" if report.passed and not report.failure else "FAILED"
     phase, clean = report.failed_phase, report.failure and not report.mismatches
-    if phase in AFTER_VERIFY and not report.mismatches:
-        verdict = f"PASSED, {_AFTER_VERIFY_NAMES[phase]} FAILED"
+    if phase in _AFTER_VERDICT and not report.mismatches:
+        verdict = f"PASSED, {_AFTER_VERIFY_NAMES.get(phase, phase)} FAILED"
     elif clean and phase in BEFORE_VERIFY:
         verdict = f"NOT RUN, {phase} FAILED"
     elif clean and phase is None and "verify" not in report.timings:
@@ -203,7 +222,7 @@ def verdict_line(report: Report) -> str:
 
 def module_checks(report: Report) -> dict[str, dict[str, int]]:
     """Per module, the number of mismatches of each check; {} when verification never ran."""
-    if report.failure and not report.mismatches and report.failed_phase not in AFTER_VERIFY:
+    if report.failure and not report.mismatches and report.failed_phase not in _AFTER_VERDICT:
         return {}  # (after a passing verification its checks stand)
     out = {name: dict.fromkeys(CHECKS, 0) for name in report.modules}
     for mm in report.mismatches:
