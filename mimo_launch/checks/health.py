@@ -198,12 +198,11 @@ class HealthRun:
                 raise
             what = (f"did not finish step {index}/{len(steps)} ({step_text(steps[index - 1])})"
                     if index else "did not reach the first step")
-            said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            reason = "timeout_s ran out" if "timed out" in said.lower() else said
+            # (the barrier's own error is a timeout on the first rank to give up, and a closed
+            # connection on the others: the late ranks are what both mean)
             raise PhaseError(HEALTH_PHASE, f"rank(s) {format_rank_set(late)} {what} while the "
                                            f"others waited at the barrier "
-                                           f"{'after' if index else 'before'} it ({reason})",
-                             late) from exc
+                                           f"{'after' if index else 'before'} it", late) from exc
 
     def _collectives(self, step: Step, budget: float) -> list[dict]:
         out = []
