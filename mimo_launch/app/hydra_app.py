@@ -64,7 +64,7 @@ def _validated(config: DictConfig, output_dir: str | None = None) -> LaunchSetti
         OmegaConfBaseException,
     )
 
-    from ..settings.hydra_errors import unresolvable, value_as_written
+    from ..settings.config_schema import unresolvable, value_as_written
 
     try:
         return (settings_from_config(config) if output_dir is None

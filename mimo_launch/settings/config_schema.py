@@ -6,13 +6,15 @@ traceback later.
 `launcher`; a field's `metadata["min"]` is its least value, `metadata["above"]` a bound it must
 exceed. Booleans are strict: true/false, yes/no, 1/0 (any case); anything else is refused
 (OmegaConf alone takes any integer, and Hydra passes `no` as a string).
-A list field also takes one string (one setup line, one mount).
+A list field also takes one string (one setup line, one mount). `unresolvable` is the one
+line for a value whose interpolation cannot be resolved, in the cluster section or elsewhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,9 +22,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from ..settings.hydra_errors import unresolvable
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
 
@@ -218,3 +218,27 @@ def check_cluster(node: DictConfig) -> ClusterSettings:
             raise SchemaError(f"cluster.{key} must be {_bounded(spec, hints[key])}, "
                               f"got {data.get(key)!r}")  # as given: 0, not the float 0.0
     return OmegaConf.to_object(merged)
+
+
+def value_as_written(config, key: str):
+    """The value at dotted `key` ('health.sizes[0]') of `config` (a DictConfig) with its
+    interpolations not resolved; None where there is none or it is not a scalar."""
+    node = OmegaConf.to_container(config, resolve=False)
+    try:
+        for part in re.findall(r"[^.\[\]]+", key):
+            node = node[int(part)] if isinstance(node, list) else node[part]
+    except (KeyError, IndexError, ValueError, TypeError):
+        return None
+    return node if isinstance(node, str | int | float | bool) else None
+
+
+def unresolvable(key: str, raw, exc: BaseException) -> str:
+    """The one line for a value whose interpolation cannot be resolved (`${oc.env:UNSET}`, a
+    key that is not in the config, a recursion), in and outside the cluster section:
+    'KEY=RAW: cannot resolve its interpolation (OmegaConf's reason)'; RAW as written, where
+    known (None: left out). A value left as `???` is 'KEY must be given a value'."""
+    if isinstance(exc, MissingMandatoryValue):
+        return f"{key} must be given a value (it is ??? in the config)"
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    shown = key if raw is None else f"{key}={raw}"
+    return f"{shown}: cannot resolve its interpolation ({reason})"

@@ -135,32 +135,4 @@ def unparsable(overrides: list[str]) -> str | None:
     return None
 
 
-def value_as_written(config, key: str):
-    """The value at dotted `key` ('health.sizes[0]') of `config` (a DictConfig) with its
-    interpolations not resolved; None where there is none or it is not a scalar."""
-    from omegaconf import OmegaConf
-
-    node = OmegaConf.to_container(config, resolve=False)
-    try:
-        for part in re.findall(r"[^.\[\]]+", key):
-            node = node[int(part)] if isinstance(node, list) else node[part]
-    except (KeyError, IndexError, ValueError, TypeError):
-        return None
-    return node if isinstance(node, str | int | float | bool) else None
-
-
-def unresolvable(key: str, raw, exc: BaseException) -> str:
-    """The one line for a value whose interpolation cannot be resolved (`${oc.env:UNSET}`, a
-    key that is not in the config, a recursion), in and outside the cluster section:
-    'KEY=RAW: cannot resolve its interpolation (OmegaConf's reason)'; RAW as written, where
-    known (None: left out). A value left as `???` is 'KEY must be given a value'."""
-    from omegaconf.errors import MissingMandatoryValue
-
-    if isinstance(exc, MissingMandatoryValue):
-        return f"{key} must be given a value (it is ??? in the config)"
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    shown = key if raw is None else f"{key}={raw}"
-    return f"{shown}: cannot resolve its interpolation ({reason})"
-
-
-__all__ = ["describe", "hint", "one_line", "unparsable", "unresolvable", "value_as_written"]
+__all__ = ["describe", "hint", "one_line", "unparsable"]
