@@ -305,7 +305,7 @@ def gather_records(store, world_size: int, timeout_s: float) -> list[dict]:
 
 
 def step_text(step: Step) -> str:
-    """'tp all_reduce 64 KiB'."""
+    """A step as the console and the report name it: 'tp all_reduce 64KiB'."""
     return f"{step.kind} {step.op} {size_text(step.size)}"
 
 
