@@ -122,6 +122,9 @@ CASES = {
     "a cluster value left ???": (["cluster=local_slurm", "cluster.account=???"],
                                  ["cluster.account must be given a value (it is ??? in the"]),
     "a value left ???": (["timeout_s=???"], ["timeout_s must be given a value"]),
+    "an optional value left ???": (["entrypoint=???"], ["entrypoint must be given a value"]),
+    "a list item left ???": (["health.sizes=[1MiB,???]"],
+                             ["health.sizes[1] must be given a value"]),
     "submitit folder outside the run directory": (
         ["cluster=local_slurm", "cluster.submitit_dir=../up"],
         ["cluster.submitit_dir must be a folder inside the run directory", "'../up'"]),

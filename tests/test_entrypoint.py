@@ -96,6 +96,8 @@ def test_a_report_json_the_launcher_cannot_write_fails_the_run_after_the_verdict
     assert "Traceback" not in proc.stdout + proc.stderr
     assert "mimo-launch verification PASSED, report.json FAILED" in proc.stdout, proc.stdout
     assert "report.json could not be written: [Errno 21] Is a directory" in proc.stdout
+    assert "mimo-launch: warning: report.json could not be written" in proc.stderr
+    assert f"report: {run_dir / 'report.json'} not written (see above)" in proc.stdout
     assert (run_dir / "report.json").is_dir()  # nothing half-written over it
 
 

@@ -83,7 +83,7 @@ def test_a_failed_sbatch_is_one_line_exit_2_when_refused_3_when_slurm_does_not_a
         assert proc.returncode == 3, proc.stdout + proc.stderr
         assert "Slurm did not answer sbatch, nothing was submitted" in line, line
         assert line.count("Unable to contact slurm controller") == 1, line
-    assert "submitted job" not in proc.stdout and not (tmp_path / "run" / "job.json").exists()
+    assert "submitted job" not in proc.stdout and not (tmp_path / "run").exists()  # no trace
 
 
 @pytest.mark.slurm

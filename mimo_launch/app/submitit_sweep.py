@@ -180,7 +180,7 @@ def _submit(launcher, overrides: list[str], num: int, settings, plugin_launch) -
     from hydra.core.utils import JobStatus
 
     from ..reports.artifacts import artifacts_after
-    from ..reports.report import REPORT_NAME, format_summary, read_report
+    from ..reports.report import format_summary, read_report, report_line
 
     print(f"mimo-launch: submitting {launcher.params['nodes']} node(s) x "
           f"{launcher.params['tasks_per_node']} task(s); output in {settings.run_dir}",
@@ -199,7 +199,7 @@ def _submit(launcher, overrides: list[str], num: int, settings, plugin_launch) -
     report = read_report(settings.run_dir)
     if report is not None:
         print(format_summary(report))
-        print(f"report: {settings.run_dir / REPORT_NAME}", flush=True)
+        print(report_line(settings.run_dir), flush=True)
         artifacts_after(settings, [])
         code = report.exit_code if code is None else code
     return EXIT_FAILURE if code is None else code

@@ -32,9 +32,9 @@ from ..launchers.slurm_report import JobFiles, conclude
 from ..launchers.slurm_submit import allocation, make_executor, sbatch_failure, submit
 from ..launchers.slurm_watch import follow
 from ..rank.rank_job import rank_job
-from ..reports.report import REPORT_NAME, Report, format_summary, read_report
+from ..reports.report import REPORT_NAME, Report, format_summary, read_report, report_line
 from ..settings.app_config import LaunchSettings, UsageError
-from ..settings.run_dir import absolute_path
+from ..settings.run_dir import absolute_path, release_run_dir
 
 JOB_RECORD = "job.json"  # in the run directory: what `mimo-launch collect` needs
 
@@ -87,8 +87,10 @@ def launch_slurm(settings: LaunchSettings) -> tuple[int, Report | None]:
                 print(f"mimo-launch: interrupted ({describe(came[0])}) while submitting",
                       file=sys.stderr)
                 return exit_code(came[0]), None
-            line, code = sbatch_failure(exc)
+            line, code, maybe_queued = sbatch_failure(exc)
             usage_error(line)
+            if not maybe_queued:  # nothing was submitted: leave no trace
+                release_run_dir(settings.run_dir, Path(executor.folder))
             return code, None
         job_id = str(submitted.job_id)
         (settings.run_dir / JOB_RECORD).write_text(
@@ -124,7 +126,7 @@ def follow_and_report(job, job_id: str, files: JobFiles, settings: LaunchSetting
                 code = usage_error(followed.never_started)
                 return code if followed.refused else EXIT_NEVER_STARTED, report
         print(format_summary(report))
-        print(f"report: {files.run_dir / REPORT_NAME}")
+        print(report_line(files.run_dir))
     return report.exit_code, report
 
 

@@ -151,20 +151,20 @@ def submit(executor, function, *args):
     return submitted
 
 
-def sbatch_failure(exc: BaseException) -> tuple[str, int]:
-    """(one line, exit code) for a submission that failed: EXIT_FAILURE where Slurm did not
-    answer (its controller down: nothing was submitted; or busy: the job may have been queued
-    all the same), EXIT_USAGE where sbatch refused the job (a partition, account or limit the
-    cluster does not have)."""
+def sbatch_failure(exc: BaseException) -> tuple[str, int, bool]:
+    """(one line, exit code, whether the job may be queued all the same) for a submission that
+    failed: EXIT_FAILURE where Slurm did not answer (its controller down: nothing was
+    submitted; or busy: the job may have been queued), EXIT_USAGE where sbatch refused the
+    job (a partition, account or limit the cluster does not have)."""
     message = " ".join(str(exc).split())[:400]
     said = message.lower()
     if any(words in said for words in _SLURM_DOWN):
         return (f"Slurm did not answer sbatch, nothing was submitted (is slurmctld up? "
-                f"`scontrol ping`): {message}", EXIT_FAILURE)
+                f"`scontrol ping`): {message}", EXIT_FAILURE, False)
     if any(words in said for words in _SLURM_BUSY):
         return (f"Slurm did not answer sbatch in time; the job may have been queued all the "
-                f"same (`squeue --me`): {message}", EXIT_FAILURE)
-    return f"sbatch refused the job: {message}", EXIT_USAGE
+                f"same (`squeue --me`): {message}", EXIT_FAILURE, True)
+    return f"sbatch refused the job: {message}", EXIT_USAGE, False
 
 
 def submitit_folder(settings: LaunchSettings) -> Path:

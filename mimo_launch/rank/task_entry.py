@@ -209,7 +209,7 @@ def rank_log(run_dir: Path, rank: int):
 def finish_task(rank: int, settings, run) -> int:
     """Call `run()` (the rank's work, returning its code); a failure is printed and is exit 3.
     Rank 0 then prints the verdict and the report's path. Returns the task's exit code."""
-    from ..reports.report import format_summary, read_report
+    from ..reports.report import format_summary, read_report, report_line
 
     try:
         code = run()
@@ -222,5 +222,5 @@ def finish_task(rank: int, settings, run) -> int:
             print(format_summary(report))
             if code != EXIT_FAILURE:  # the report's code: 4 for a health problem, as mimo-launch
                 code = report.exit_code
-        print(f"report: {settings.run_dir / 'report.json'}", flush=True)
+        print(report_line(settings.run_dir), flush=True)
     return code if rank == 0 or code == EXIT_FAILURE else 0

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ..layout.plan import Plan, format_plan, make_plan, ranks_per_node
-from ..reports.report import Report, module_summary, read_report
+from ..reports.report import Report, module_summary, read_report, report_line
 from ..reports.report_md import HEALTH_PICTURE, write_report_md
 from ..settings.app_config import LaunchSettings
 
@@ -142,7 +142,7 @@ def finish_run(settings: LaunchSettings, report: Report, came: list[int]) -> Non
 
     plan = plan_for(settings)
     print_final(with_modules(report, plan), plan)
-    print(f"report: {Path(settings.run_dir) / 'report.json'}", flush=True)
+    print(report_line(Path(settings.run_dir)), flush=True)
     files_after_verdict(settings, report, came, plan)
 
 

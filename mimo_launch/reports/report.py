@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -157,10 +158,18 @@ def write_final_report(job: RankJob, report: Report) -> Report:
         return report
     except OSError as exc:
         why = f"report.json could not be written: {exc}"
+        print(f"mimo-launch: warning: {why}", file=sys.stderr, flush=True)
         if report.failure:  # the run's own failure stays first
             return failure_report(job, report, f"{report.failure}\n{why}", report.failed_phase,
                                   report.failed_ranks, report.interrupted_by)
         return failure_report(job, report, why, REPORT_WRITE, [], report.interrupted_by)
+
+
+def report_line(run_dir: Path) -> str:
+    """'report: <run_dir>/report.json', the console's last line, or where it could not be
+    written (`write_final_report`), that it was not."""
+    path = Path(run_dir) / REPORT_NAME
+    return f"report: {path}" if path.is_file() else f"report: {path} not written (see above)"
 
 
 def rank0_report_name(job: RankJob) -> str:

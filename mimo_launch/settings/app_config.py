@@ -25,6 +25,8 @@ from ..settings.config_schema import (
     ClusterSettings,
     SchemaError,
     check_cluster,
+    left_missing,
+    must_be_given,
     strict_bool,
 )
 from ..settings.health_config import KNOWN_KEYS as HEALTH_KEYS
@@ -277,8 +279,12 @@ def settings_from_config(composed: DictConfig, run_dir: str | Path | None = None
     `composed` itself is not changed."""
     cfg = copy.deepcopy(composed)
     try:
-        check_keys(OmegaConf.to_container(
-            OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=False))
+        given = OmegaConf.to_container(
+            OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=False)
+        check_keys(given)
+        missing = left_missing(given)  # OmegaConf's .get reads a ??? as None, quietly
+        if missing:
+            raise UsageError(must_be_given(missing[0]))
         with open_dict(cfg):
             cluster = check_cluster(cfg.cluster)
             cfg.cluster = dataclasses.asdict(cluster)  # its values, checked and converted

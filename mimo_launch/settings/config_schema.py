@@ -232,13 +232,31 @@ def value_as_written(config, key: str):
     return node if isinstance(node, str | int | float | bool) else None
 
 
+def left_missing(data, prefix: str = "") -> list[str]:
+    """The dotted keys of `data` (a config as `OmegaConf.to_container(..., resolve=False)`
+    gives it) whose value is left as `???`, in order."""
+    if isinstance(data, dict):
+        items = [(f"{prefix}{key}", value) for key, value in data.items()]
+    elif isinstance(data, list):
+        items = [(f"{prefix[:-1]}[{i}]", value) for i, value in enumerate(data)]
+    else:
+        return []
+    return [key for key, value in items if value == "???"] + [
+        found for key, value in items for found in left_missing(value, f"{key}.")]
+
+
+def must_be_given(key: str) -> str:
+    """The one line for a value left as `???` (OmegaConf's mandatory missing value)."""
+    return f"{key} must be given a value (it is ??? in the config)"
+
+
 def unresolvable(key: str, raw, exc: BaseException) -> str:
     """The one line for a value whose interpolation cannot be resolved (`${oc.env:UNSET}`, a
     key that is not in the config, a recursion), in and outside the cluster section:
     'KEY=RAW: cannot resolve its interpolation (OmegaConf's reason)'; RAW as written, where
     known (None: left out). A value left as `???` is 'KEY must be given a value'."""
     if isinstance(exc, MissingMandatoryValue):
-        return f"{key} must be given a value (it is ??? in the config)"
+        return must_be_given(key)
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     shown = key if raw is None else f"{key}={raw}"
     return f"{shown}: cannot resolve its interpolation ({reason})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 # Created with O_EXCL in the directory a run claims; its presence means "a run lives here".
@@ -78,3 +79,15 @@ def unusable_reason(exc: OSError) -> str:
     a read-only file system, else the system's own message."""
     return {errno.ENOTDIR: "a part of the path is a file",
             errno.EROFS: "the file system is read-only"}.get(exc.errno, exc.strerror)
+
+
+def release_run_dir(path: Path, made: Path) -> None:
+    """Undo a claim that came to nothing (a job sbatch refused): remove `made` (a folder the
+    run created inside `path`), the marker, then `path` itself where that left it empty (a
+    folder given as it was keeps what it held). Best effort."""
+    shutil.rmtree(made, ignore_errors=True)
+    try:
+        (path / RUN_MARKER).unlink(missing_ok=True)
+        path.rmdir()
+    except OSError:
+        pass
